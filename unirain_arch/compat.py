@@ -168,6 +168,23 @@ def _model_to_device(self, net):
     return net
 
 
+def _dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+    """Validate on rank 0 with the bare net, then wait for it on every rank.
+
+    basicsr runs rank 0's validation through the DDP wrapper, whose forward broadcasts buffers: a collective
+    the other ranks never join (they crash, or worse, pair it with their next training step).
+    """
+    import torch.distributed as dist
+    if self.opt['rank'] == 0:
+        wrapped = self.net_g
+        self.net_g = self.get_bare_model(wrapped)
+        try:
+            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self.net_g = wrapped
+    dist.barrier()
+
+
 def _add_jpg_compression(original):
     def add_jpg_compression(img, quality=90):
         """OpenCV >= 4.7 rejects a float JPEG quality; basicsr draws it with ``np.random.uniform``."""
@@ -192,6 +209,7 @@ def apply():
     import basicsr.data.data_sampler as data_sampler
     import basicsr.data.degradations as degradations
     import basicsr.models.base_model as base_model
+    import basicsr.models.sr_model as sr_model
     import basicsr.train as train
     import basicsr.utils.dist_util as dist_util
     import basicsr.utils.options as options
@@ -208,5 +226,7 @@ def apply():
     dist_util._init_dist_pytorch = _init_dist_pytorch
     _require(base_model.BaseModel, 'model_to_device')
     base_model.BaseModel.model_to_device = _model_to_device
+    _require(sr_model.SRModel, 'dist_validation')
+    sr_model.SRModel.dist_validation = _dist_validation
     degradations.add_jpg_compression = _add_jpg_compression(_require(degradations, 'add_jpg_compression'))
     _applied = True
