@@ -1,0 +1,426 @@
+"""UniRainModel: BasicSR's SRModel trained with a per-rain-type reweighting strategy, for any arch."""
+import os
+import random
+import re
+from collections import OrderedDict
+from os import path as osp
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from basicsr.data import build_dataset
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import get_dist_info, master_only
+from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
+from unirain_arch.tiling import check_tile_options, tiled_forward
+from unirain_losses.reweighting import TypeReweightedLoss, default_type_names
+
+MISSING_TYPE_IDS = 'the dataset must provide type ids: use DistilledRainDataset (the batch has no "type_id")'
+# keys of train.pixel_opt that configure the strategy's optimizer param group, not the loss itself
+PARAM_GROUP_KEYS = ('lr', 'weight_decay')
+BEST_AVG_NAME = 'per_type_avg'
+
+
+def iteration_seed(seed, rank, current_iter):
+    """The torch seed of one training iteration: a function of (manual_seed, rank, iter) only."""
+    entropy = [int(seed) % 2**64, int(rank), int(current_iter)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def host_rng_state():
+    """Python and numpy RNG states, as plain values and tensors (loadable with weights_only=True)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {'python': random.getstate(),
+            'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                      'pos': int(numpy_state['state']['pos']), 'has_gauss': int(numpy_state['has_gauss']),
+                      'gauss': float(numpy_state['gauss'])}}
+
+
+def set_host_rng_state(state):
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state['numpy']
+    np.random.set_state({'bit_generator': 'MT19937',
+                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']},
+                         'has_gauss': numpy_state['has_gauss'], 'gauss': numpy_state['gauss']})
+
+
+def centre_crop(img, size):
+    """Centre crop of a (B, C, H, W) tensor to at most size x size (smaller sides are kept whole)."""
+    h, w = img.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[..., top:top + ch, left:left + cw]
+
+
+@MODEL_REGISTRY.register()
+class UniRainModel(SRModel):
+    """SRModel whose pixel loss is a per-type strategy (CoBaLoss, TURLoss, UniformTypeLoss).
+
+    Everything else stays BasicSR's: EMA, schedulers, checkpoints, metrics, DDP. On top of SRModel:
+
+    * Training batches must carry ``type_id`` (B,); the strategy gets the ids, the rainy input (``lq``)
+      and the arch's ``last_uncertainty`` if it has one. ``net.auxiliary_losses(type_ids)`` (MoE load
+      balance, router CE), when the arch has it, is added to the total and logged under its keys.
+      Logged every iteration: ``l_pix`` (the strategy's total), ``l_pix_<type>`` (plain criterion per
+      type), ``w_<type>`` (weights of this step), strategy extras, and ``l_val_<type>`` after the first
+      validation-loss update.
+    * Any optimizer of ``torch.optim`` by name (``optim_g: {type: AdamW, ...}``). Learnable strategy
+      parameters (TUR) get their own param group: ``pixel_opt: {lr: ..., weight_decay: ...}`` (default:
+      optim_g's lr, no weight decay); the scheduler drives both groups.
+    * Strategies that learn from validation losses (CoBa): every ``val.coba_freq`` iterations (default
+      ``val.val_freq``), inside the training step and so before that iteration's checkpoint, the model
+      computes the plain L1 of the training network on centre crops (``val.coba_crop``, default 128;
+      smaller images whole) of every validation dataset, per type, and calls ``strategy.update``. Under DDP
+      each rank takes a share of the images and the sums are all-reduced, so every rank gets the same
+      weights. Doing it here rather than in ``validation`` keeps it independent of BasicSR's order
+      (checkpoint, then validation) and of rank-0-only validation.
+    * ``validation`` reports BasicSR's per-dataset metrics and, once every validation dataset of the round
+      has been seen, per-type metrics and their average over types (``m_<metric>_<type>``,
+      ``m_<metric>_avg`` in the log and tensorboard, best average tracked as ``per_type_avg``). The type
+      of an image: its ``type_id`` if the dataset gives one, else the dataset's ``rain_type`` option, else
+      a type name appearing as a word in the dataset's name (``val_drs``, ``RainRAG-NRD-test``).
+    * ``test`` runs on the bare net (EMA copy when present); with a top-level ``tile: {tile_size,
+      tile_overlap}`` it uses ``unirain_arch.tiling.tiled_forward``.
+    * Exact resume: the strategy's state_dict and the python / numpy RNG states of every rank are saved in
+      the training state and restored by ``resume_training``. The torch RNG is reseeded at the start of
+      every training step from (manual_seed, rank, iteration), so the network's randomness does not depend
+      on what consumed random numbers before (a new DataLoader iterator after resume draws one). With
+      ``num_worker_per_gpu: 0`` a resumed run reproduces the uninterrupted one bit for bit.
+    """
+
+    def __init__(self, opt):
+        self.val_type_losses = None
+        self.rng_states = None
+        super().__init__(opt)
+        self.type_names = self.cri_pix.type_names if self.is_train else default_type_names(4)
+        self.num_val_datasets = sum(1 for phase in opt['datasets'] if phase != 'train')
+        self.reset_type_metrics()
+
+    # ----------------------------------------------------------------------------------------- training setup
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        pixel_opt = train_opt.get('pixel_opt')
+        if not pixel_opt or 'type' not in pixel_opt:
+            raise ValueError('UniRainModel: train.pixel_opt must name a per-type strategy '
+                             '(type: CoBaLoss | TURLoss | UniformTypeLoss)')
+        strategy_cls = LOSS_REGISTRY.get(pixel_opt['type'])
+        if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, TypeReweightedLoss)):
+            raise ValueError(f'UniRainModel: train.pixel_opt.type {pixel_opt["type"]!r} is a plain pixel loss; use '
+                             f'a per-type strategy, e.g. {{type: UniformTypeLoss, criterion: '
+                             f'{{type: {pixel_opt["type"]}}}}}')
+        self.strategy_group = {key: pixel_opt[key] for key in PARAM_GROUP_KEYS if key in pixel_opt}
+        train_opt['pixel_opt'] = OrderedDict((k, v) for k, v in pixel_opt.items() if k not in PARAM_GROUP_KEYS)
+        super().init_training_settings()
+        if self.opt['dist']:
+            # each rank initialised the strategy from its own seed (seed + rank); DDP only syncs the net
+            for tensor in self.cri_pix.state_dict().values():
+                if isinstance(tensor, torch.Tensor):
+                    dist.broadcast(tensor, src=0)
+        self.reweight_sets = self.build_reweight_sets() if self.cri_pix.needs_val_losses else []
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        optimizer_cls = getattr(torch.optim, str(optim_type), None)
+        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+            raise ValueError(f'train.optim_g.type: {optim_type!r} is not an optimizer of torch.optim '
+                             '(Adam, AdamW, SGD, ...)')
+        return optimizer_cls(params, lr=lr, **kwargs)
+
+    def setup_optimizers(self):
+        logger = get_root_logger()
+        optim_opt = dict(self.opt['train']['optim_g'])
+        optim_type = optim_opt.pop('type')
+        net_params = []
+        for name, param in self.net_g.named_parameters():
+            if param.requires_grad:
+                net_params.append(param)
+            else:
+                logger.warning(f'Params {name} will not be optimized.')
+        groups = [{'params': net_params}]
+        strategy_params = [p for p in self.cri_pix.parameters() if p.requires_grad]
+        if strategy_params:
+            groups.append({'params': strategy_params, 'lr': float(self.strategy_group.get('lr', optim_opt['lr'])),
+                           'weight_decay': float(self.strategy_group.get('weight_decay', 0.0))})
+        elif self.strategy_group:
+            raise ValueError(f'train.pixel_opt sets {", ".join(self.strategy_group)} but '
+                             f'{type(self.cri_pix).__name__} has no learnable parameters')
+        self.optimizer_g = self.get_optimizer(optim_type, groups, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    def build_reweight_sets(self):
+        """[(dataset, fixed type id or None)] of the validation datasets the strategy's losses come from."""
+        name = type(self.cri_pix).__name__
+        val_opt = self.opt.get('val') or {}
+        freq = val_opt.get('coba_freq', val_opt.get('val_freq'))
+        if not freq:
+            raise ValueError(f'{name} learns from per-type validation losses: set val.val_freq (or '
+                             'val.coba_freq) and one validation dataset per type (or one with type ids)')
+        self.coba_freq = int(freq)
+        self.coba_crop = int(val_opt.get('coba_crop', 128))
+        sets, covered, mixed = [], set(), False
+        for phase, dataset_opt in self.opt['datasets'].items():
+            if not phase.startswith('val'):
+                continue
+            dataset = build_dataset(dataset_opt)
+            fixed = self.dataset_type(dataset_opt)
+            if fixed is None:
+                if len(dataset) == 0 or 'type_id' not in dataset[0]:
+                    raise ValueError(f'validation dataset {dataset_opt.get("name", phase)!r}: cannot tell its rain '
+                                     f'type; add `rain_type: <{"|".join(self.cri_pix.type_names)}>` to it, name it '
+                                     'after its type, or use a dataset that gives type ids (DistilledRainDataset)')
+                mixed = True
+            else:
+                covered.add(fixed)
+            sets.append((dataset, fixed))
+        missing = [n for t, n in enumerate(self.cri_pix.type_names) if t not in covered]
+        if not sets or (missing and not mixed):
+            raise ValueError(f'{name} needs validation images of every type; none for: '
+                             f'{", ".join(missing) or "any type (no val datasets)"}')
+        return sets
+
+    def dataset_type(self, dataset_opt):
+        """Type id fixed by a dataset's ``rain_type`` option or by a type name in its name; None if neither."""
+        names = [n.lower() for n in getattr(self, 'type_names', None) or self.cri_pix.type_names]
+        if dataset_opt.get('rain_type') is not None:
+            value = str(dataset_opt['rain_type']).lower()
+            if value not in names:
+                raise ValueError(f'dataset {dataset_opt.get("name")!r}: rain_type {dataset_opt["rain_type"]!r} is '
+                                 f'not one of {", ".join(names)}')
+            return names.index(value)
+        words = set(re.split(r'[^a-z0-9]+', str(dataset_opt.get('name', '')).lower()))
+        found = [t for t, n in enumerate(names) if n in words]
+        return found[0] if len(found) == 1 else None
+
+    # ---------------------------------------------------------------------------------------------- training
+    def feed_data(self, data):
+        super().feed_data(data)
+        self.type_ids = None
+        if 'type_id' in data:
+            self.type_ids = torch.as_tensor(data['type_id']).long().reshape(-1).to(self.device)
+
+    def optimize_parameters(self, current_iter):
+        if self.type_ids is None:
+            raise KeyError(MISSING_TYPE_IDS)
+        torch.manual_seed(iteration_seed(self.opt.get('manual_seed', 0), self.opt.get('rank', 0), current_iter))
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+        bare = self.get_bare_model(self.net_g)
+
+        loss_dict = OrderedDict()
+        l_pix = self.cri_pix(self.output, self.gt, self.type_ids, lq=self.lq,
+                             uncertainty=getattr(bare, 'last_uncertainty', None))
+        l_total = l_pix
+        loss_dict['l_pix'] = l_pix
+        loss_dict.update(self.cri_pix.last_log)
+        auxiliary = bare.auxiliary_losses(self.type_ids) if hasattr(bare, 'auxiliary_losses') else {}
+        for key, value in auxiliary.items():
+            l_total = l_total + value
+            loss_dict[key] = value
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for key, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    l_total = l_total + value
+                    loss_dict[key] = value
+
+        l_total.backward()
+        self.sync_strategy_grads()
+        self.optimizer_g.step()
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+        if self.cri_pix.needs_val_losses and current_iter % self.coba_freq == 0:
+            self.update_reweighting(current_iter)
+        for name, value in zip(self.type_names, self.val_type_losses or ()):
+            if value is not None:
+                loss_dict[f'l_val_{name}'] = torch.tensor(value, device=self.device)
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+
+    def sync_strategy_grads(self):
+        """The strategy's parameters live outside DDP: average their gradients across ranks here."""
+        if not self.opt['dist']:
+            return
+        world_size = dist.get_world_size()
+        for param in self.cri_pix.parameters():
+            if param.requires_grad:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad)
+                param.grad.div_(world_size)
+
+    @torch.no_grad()
+    def per_type_val_losses(self):
+        """Mean plain L1 per type on centre crops of the validation images; None for a type without images."""
+        net = self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        rank, world_size = get_dist_info()
+        num_types = self.cri_pix.num_types
+        sums = torch.zeros(num_types, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(num_types, dtype=torch.float64, device=self.device)
+        for dataset, fixed in self.reweight_sets:
+            for index in range(rank, len(dataset), world_size):
+                sample = dataset[index]
+                type_id = int(sample['type_id']) if 'type_id' in sample else fixed
+                lq = centre_crop(sample['lq'][None].to(self.device), self.coba_crop)
+                gt = centre_crop(sample['gt'][None].to(self.device), self.coba_crop)
+                sums[type_id] += F.l1_loss(net(lq), gt).double()
+                counts[type_id] += 1
+        if self.opt['dist']:
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        net.train(was_training)
+        return [float(s / c) if c > 0 else None for s, c in zip(sums.tolist(), counts.tolist())]
+
+    def update_reweighting(self, current_iter):
+        self.val_type_losses = self.per_type_val_losses()
+        applied = self.cri_pix.update(self.val_type_losses)
+        logger = get_root_logger()
+        losses = ', '.join(f'{n} {v:.5f}' if v is not None else f'{n} -'
+                           for n, v in zip(self.type_names, self.val_type_losses))
+        weights = ', '.join(f'{n} {w:.4f}' for n, w in zip(self.type_names, self.cri_pix.weights().tolist()))
+        logger.info(f'Reweighting @ iter {current_iter}: val L1 [{losses}] -> weights [{weights}]')
+        if not applied:
+            logger.warning(f'Reweighting @ iter {current_iter}: skipped, some type has no validation loss yet')
+
+    # -------------------------------------------------------------------------------------------- inference
+    def test(self):
+        net = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            tile = self.opt.get('tile')
+            if tile:
+                tile_size, tile_overlap = check_tile_options(tile)
+                self.output = tiled_forward(net, self.lq, tile_size, tile_overlap)
+            else:
+                self.output = net(self.lq)
+        net.train(was_training)
+
+    def reset_type_metrics(self):
+        self.type_metric_values = {}
+        self.val_datasets_seen = 0
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_opt = dataloader.dataset.opt
+        dataset_name = dataset_opt['name']
+        fixed = self.dataset_type(dataset_opt)
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        values = {metric: [] for metric in metrics_opt}
+        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            type_id = int(self.type_ids[0]) if self.type_ids is not None else fixed
+            visuals = self.get_current_visuals()
+            sr_img = tensor2img([visuals['result']])
+            metric_data = {'img': sr_img}
+            if 'gt' in visuals:
+                metric_data['img2'] = tensor2img([visuals['gt']])
+                del self.gt
+            del self.lq, self.output
+            if save_img:
+                if fixed is None and type_id is not None:  # a mixed set: type folders may reuse file names
+                    img_name = f'{self.type_names[type_id]}_{img_name}'
+                imwrite(sr_img, self.visualization_path(dataset_name, img_name, current_iter))
+            for metric, metric_opt in metrics_opt.items():
+                value = float(calculate_metric(metric_data, metric_opt))
+                values[metric].append(value)
+                if type_id is not None:
+                    self.type_metric_values.setdefault(type_id, {}).setdefault(metric, []).append(value)
+            if pbar:
+                pbar.update(1)
+                pbar.set_description(f'Test {img_name}')
+        if pbar:
+            pbar.close()
+        if metrics_opt and values[next(iter(metrics_opt))]:
+            self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {metric: float(np.mean(v)) for metric, v in values.items()}
+            for metric, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, metric, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self.val_datasets_seen += 1
+        if self.val_datasets_seen >= self.num_val_datasets:
+            self.log_type_metrics(current_iter, tb_logger)
+            self.reset_type_metrics()
+
+    def visualization_path(self, dataset_name, img_name, current_iter):
+        folder = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(folder, img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(folder, dataset_name, f'{img_name}_{suffix}.png')
+
+    def log_type_metrics(self, current_iter, tb_logger):
+        """Per-type means over every validation dataset of the round, and their average over types."""
+        results = OrderedDict()
+        for metric in self.opt['val'].get('metrics') or {}:
+            per_type = OrderedDict((self.type_names[t], float(np.mean(v[metric])))
+                                   for t, v in sorted(self.type_metric_values.items()) if metric in v)
+            if per_type:
+                per_type['avg'] = float(np.mean(list(per_type.values())))
+                results[metric] = per_type
+        self.type_metric_results = results
+        if not results:
+            return
+        self._initialize_best_metric_results(BEST_AVG_NAME)
+        lines = [f'Validation per type ({len(results[next(iter(results))]) - 1} types) @ {current_iter}']
+        for metric, per_type in results.items():
+            self._update_best_metric_result(BEST_AVG_NAME, metric, per_type['avg'], current_iter)
+            best = self.best_metric_results[BEST_AVG_NAME][metric]
+            lines.append('\t ' + '  '.join(f'm_{metric}_{name}: {value:.4f}' for name, value in per_type.items())
+                         + f'\tBest avg: {best["val"]:.4f} @ {best["iter"]} iter')
+            if tb_logger:
+                for name, value in per_type.items():
+                    tb_logger.add_scalar(f'metrics/m_{metric}_{name}', value, current_iter)
+        get_root_logger().info('\n'.join(lines))
+
+    # --------------------------------------------------------------------------------------- save / resume
+    def save(self, epoch, current_iter):
+        self.rng_states = self.gather_host_rng_states()
+        super().save(epoch, current_iter)
+
+    @staticmethod
+    def gather_host_rng_states():
+        """Every rank's python / numpy RNG state (a collective under DDP: all ranks call ``save``)."""
+        state = host_rng_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+            return states
+        return [state]
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers],
+                 'reweighting': self.cri_pix.state_dict(),
+                 'rng': self.rng_states}
+        save_path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+        tmp_path = f'{save_path}.tmp'
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, save_path)
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        logger = get_root_logger()
+        if 'reweighting' in resume_state:
+            self.cri_pix.load_state_dict(resume_state['reweighting'])
+        else:
+            logger.warning('Resume: the training state holds no reweighting state (not written by UniRainModel); '
+                           f'{type(self.cri_pix).__name__} starts afresh')
+        rank, world_size = get_dist_info()
+        states = resume_state.get('rng')
+        if states and len(states) == world_size:
+            set_host_rng_state(states[rank])
+        else:
+            logger.warning(f'Resume: no python/numpy RNG state for {world_size} process(es) in the training state; '
+                           'data augmentation will differ from an uninterrupted run')
