@@ -13,15 +13,19 @@ Fields of a line (see the README, "Manifest format"):
 """
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional
 
 from unirain_data.rain_types import RAIN_TYPES
 
 SPLITS = ('train', 'val', 'test')
 VERDICTS = ('real', 'kept', 'rejected')
 _FIELDS = ('lq', 'gt', 'type', 'source', 'split', 'verdict', 'score')
+IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
+# The common folder layout: ROOT/<type, lower case>/{input,target}/ with matching file names.
+LAYOUT_INPUT, LAYOUT_TARGET = 'input', 'target'
 
 
 class ManifestError(ValueError):
@@ -70,8 +74,8 @@ class ManifestEntry:
         return cls(**known, extra=extra)
 
 
-def iter_manifest(path) -> Iterator[ManifestEntry]:
-    """Stream the entries of a manifest; a bad line raises ManifestError naming ``path:line``."""
+def _parse_lines(path):
+    """(line number, entry or the ManifestError of that line) for every non-blank line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'manifest not found: {path}')
     with open(path, encoding='utf-8') as f:
@@ -79,9 +83,34 @@ def iter_manifest(path) -> Iterator[ManifestEntry]:
             if not line.strip():
                 continue
             try:
-                yield ManifestEntry.from_dict(json.loads(line))
+                yield number, ManifestEntry.from_dict(json.loads(line))
             except (ValueError, TypeError) as exc:
-                raise ManifestError(f'{path}:{number}: {exc}') from exc
+                error = ManifestError(f'{path}:{number}: {exc}')
+                error.__cause__ = exc
+                yield number, error
+
+
+def iter_manifest(path) -> Iterator[ManifestEntry]:
+    """Stream the entries of a manifest; a bad line raises ManifestError naming ``path:line``."""
+    for _, entry in _parse_lines(path):
+        if isinstance(entry, ManifestError):
+            raise entry
+        yield entry
+
+
+def scan_manifest(path):
+    """Every usable line and every bad one, for readers told to skip bad lines rather than stop.
+
+    Returns ``(entries, problems)``: ``entries`` is a list of ``(origin, ManifestEntry)`` with origin
+    ``"path:line"``; ``problems`` holds one ManifestError per unusable line.
+    """
+    entries, problems = [], []
+    for number, entry in _parse_lines(path):
+        if isinstance(entry, ManifestError):
+            problems.append(entry)
+        else:
+            entries.append((f'{path}:{number}', entry))
+    return entries, problems
 
 
 def read_manifest(path):
@@ -115,3 +144,90 @@ def resolve_path(manifest_path, path):
     if os.path.isabs(path):
         return path
     return os.path.join(os.path.dirname(os.path.abspath(manifest_path)), path)
+
+
+def natural_key(name):
+    """Sort key putting 'rain-2.png' before 'rain-10.png'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', name)]
+
+
+def list_images(folder):
+    """Image files directly inside ``folder`` (full paths), in natural order; a missing folder is an error."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'image folder not found: {folder}')
+    names = [name for name in os.listdir(folder)
+             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))]
+    return [os.path.join(folder, name) for name in sorted(names, key=natural_key)]
+
+
+def file_stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+class Pairing(NamedTuple):
+    entries: List[ManifestEntry]
+    unmatched_lq: List[str]  # rainy images without a clean image
+    unused_gt: List[str]  # clean images no rainy image pairs with
+
+
+def pair_folders(lq_dir, gt_dir, rain_type, *, source='', split='train', verdict=None,
+                 lq_key: Callable[[str], Optional[str]] = file_stem,
+                 gt_key: Callable[[str], Optional[str]] = file_stem) -> Pairing:
+    """Pair the rainy images of ``lq_dir`` with the clean images of ``gt_dir`` by key (default: the file stem).
+
+    A key function returning None marks a file that is not of its kind (ignored). Several rainy images may share
+    one clean image (Rain1400's 14 renderings); two clean images with one key are ambiguous and raise ValueError
+    naming both. Paths in the entries are the folders joined with the file names.
+    """
+    clean = {}
+    for path in list_images(gt_dir):
+        key = gt_key(path)
+        if key is None:
+            continue
+        if key in clean:
+            raise ValueError(f'clean images {clean[key]} and {path} both match key {key!r}; remove one')
+        clean[key] = path
+    entries, unmatched, used = [], [], set()
+    for path in list_images(lq_dir):
+        key = lq_key(path)
+        if key is None:
+            continue
+        if key not in clean:
+            unmatched.append(path)
+            continue
+        used.add(key)
+        entries.append(ManifestEntry(lq=path, gt=clean[key], type=rain_type, source=source, split=split,
+                                     verdict=verdict))
+    unused = [path for key, path in clean.items() if key not in used]
+    return Pairing(entries, unmatched, unused)
+
+
+def entries_from_layout(root, types=None, *, source=None, split='train') -> Pairing:
+    """Entries of the common layout ``root/{drs,drd,nrs,nrd}/{input,target}/`` (absolute paths).
+
+    ``types`` (names, any case) picks type folders; each named one must exist. Without it every type folder
+    present is used and at least one must be. ``source`` defaults to the name of ``root``.
+    """
+    root = os.path.abspath(root)
+    source = os.path.basename(root) if source is None else source
+    wanted = RAIN_TYPES if types is None else [str(name).upper() for name in types]
+    entries, unmatched, unused, found = [], [], [], []
+    for name in wanted:
+        if name not in RAIN_TYPES:
+            raise ValueError(f'unknown rain type {name!r}; expected one of {", ".join(RAIN_TYPES)} (any case)')
+        folder = os.path.join(root, name.lower())
+        if not os.path.isdir(folder):
+            if types is not None:
+                raise FileNotFoundError(f'type folder {folder} not found (types asks for {name.lower()})')
+            continue
+        found.append(name)
+        pairing = pair_folders(os.path.join(folder, LAYOUT_INPUT), os.path.join(folder, LAYOUT_TARGET), name,
+                               source=source, split=split)
+        entries += pairing.entries
+        unmatched += pairing.unmatched_lq
+        unused += pairing.unused_gt
+    if not found:
+        raise FileNotFoundError(f'{root} has none of the type folders '
+                                f'{", ".join(t.lower() for t in RAIN_TYPES)} (each with {LAYOUT_INPUT}/ and '
+                                f'{LAYOUT_TARGET}/ inside)')
+    return Pairing(entries, unmatched, unused)
