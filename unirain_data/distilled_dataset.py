@@ -16,6 +16,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from unirain_data import lmdb_clients
+from unirain_data.bundled_photos import bundled_photo_path
 from unirain_data.image_io import BadImageError, decode_image, match_pair, to_bgr
 from unirain_data.manifest import (IMAGE_EXTENSIONS, ManifestError, entries_from_layout, natural_key, resolve_path,
                                    scan_manifest)
@@ -30,7 +31,7 @@ _OWN_KEYS = {'type', 'name', 'phase', 'dataroot', 'manifest', 'types', 'sources'
 # Keys basicsr itself reads from a dataset block (loader, sampler, prefetcher).
 _LOADER_KEYS = {'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory',
                 'persistent_workers', 'num_prefetch_queue', 'use_shuffle', 'scale'}
-_SYNTH_KEYS = {'clean_root', 'seed'}
+_SYNTH_KEYS = {'clean_root', 'bundled', 'seed'}
 
 
 class _Sample(NamedTuple):
@@ -87,6 +88,8 @@ class DistilledRainDataset(data.Dataset):
             entry of the same type instead).
         synthesize (dict): rain made on the fly (rain_synthesis.synthesize_pair) from clean images:
             {clean_root: DIR (or the gt images of `manifest`), seed: base seed of the val/test rain (default 0)}.
+            Instead of clean_root, ``bundled: [astronaut, coffee, ...]`` takes photos that ship inside
+            scikit-image (unirain_data.bundled_photos): a dataset that needs no download at all.
             Each clean image yields one sample per type of `types`; train draws a new seed per sample.
     """
 
@@ -139,7 +142,9 @@ class DistilledRainDataset(data.Dataset):
         except ImportError as exc:
             raise ImportError(f'synthesize: the rain synthesis module is not available ({exc})') from exc
         self._synthesize_pair = synthesize_pair
-        return {'clean_root': synth.get('clean_root'), 'seed': int(synth.get('seed', 0))}
+        bundled = _as_list(synth.get('bundled'), 'synthesize.bundled')
+        return {'clean_root': synth.get('clean_root'), 'seed': int(synth.get('seed', 0)),
+                'bundled': [bundled_photo_path(name) for name in bundled] if bundled else None}
 
     def _setup_backend(self):
         backend = dict(self.opt.get('io_backend') or {'type': 'disk'})
@@ -171,13 +176,15 @@ class DistilledRainDataset(data.Dataset):
     def _load_samples(self):
         dataroot, manifests = self.opt.get('dataroot'), _as_list(self.opt.get('manifest'), 'manifest')
         clean_root = self.synth and self.synth['clean_root']
+        bundled = self.synth and self.synth['bundled']
         given = [name for name, value in (('dataroot', dataroot), ('manifest', manifests),
-                                          ('synthesize.clean_root', clean_root)) if value]
+                                          ('synthesize.clean_root', clean_root), ('synthesize.bundled', bundled))
+                 if value]
         if len(given) != 1:
-            raise ValueError('DistilledRainDataset needs exactly one of dataroot, manifest or synthesize.clean_root; '
-                             f'got {", ".join(given) if given else "none"}')
-        if clean_root:
-            samples = [_Sample(None, path, None, path) for path in _images_under(clean_root)]
+            raise ValueError('DistilledRainDataset needs exactly one of dataroot, manifest, synthesize.clean_root '
+                             f'or synthesize.bundled; got {", ".join(given) if given else "none"}')
+        if clean_root or bundled:
+            samples = [_Sample(None, path, None, path) for path in (bundled or _images_under(clean_root))]
         elif dataroot:
             if self.synth:
                 raise ValueError('synthesize takes clean images from synthesize.clean_root or a manifest, '

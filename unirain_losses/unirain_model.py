@@ -18,6 +18,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from unirain_arch.tiling import check_tile_options, tiled_forward
+from unirain_losses.progress_plot import ProgressPlot
 from unirain_losses.reweighting import TypeReweightedLoss, default_type_names
 
 MISSING_TYPE_IDS = 'the dataset must provide type ids: use DistilledRainDataset (the batch has no "type_id")'
@@ -97,6 +98,10 @@ class UniRainModel(SRModel):
     def __init__(self, opt):
         self.val_type_losses = None
         self.rng_states = None
+        self.resume_iter = None
+        self.progress = None
+        # metrics of the rainy inputs themselves, per validation dataset: they never change, compute once
+        self.input_metric_cache = {}
         super().__init__(opt)
         self.type_names = self.cri_pix.type_names if self.is_train else default_type_names(4)
         self.num_val_datasets = sum(1 for phase in opt['datasets'] if phase != 'train')
@@ -303,6 +308,7 @@ class UniRainModel(SRModel):
 
     def reset_type_metrics(self):
         self.type_metric_values = {}
+        self.type_input_values = {}
         self.val_datasets_seen = 0
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
@@ -312,7 +318,9 @@ class UniRainModel(SRModel):
         metrics_opt = self.opt['val'].get('metrics') or {}
         values = {metric: [] for metric in metrics_opt}
         pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
-        for val_data in dataloader:
+        cached_inputs = self.input_metric_cache.get(dataset_name)
+        inputs = []
+        for index, val_data in enumerate(dataloader):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
             self.test()
@@ -323,6 +331,13 @@ class UniRainModel(SRModel):
             if 'gt' in visuals:
                 metric_data['img2'] = tensor2img([visuals['gt']])
                 del self.gt
+                if cached_inputs is None:
+                    lq_data = {'img': tensor2img([visuals['lq']]), 'img2': metric_data['img2']}
+                    inputs.append({m: float(calculate_metric(lq_data, o)) for m, o in metrics_opt.items()})
+                if type_id is not None:
+                    input_values = (cached_inputs or inputs)[index]
+                    for metric, value in input_values.items():
+                        self.type_input_values.setdefault(type_id, {}).setdefault(metric, []).append(value)
             del self.lq, self.output
             if save_img:
                 if fixed is None and type_id is not None:  # a mixed set: type folders may reuse file names
@@ -338,6 +353,8 @@ class UniRainModel(SRModel):
                 pbar.set_description(f'Test {img_name}')
         if pbar:
             pbar.close()
+        if cached_inputs is None and inputs:
+            self.input_metric_cache[dataset_name] = inputs
         if metrics_opt and values[next(iter(metrics_opt))]:
             self._initialize_best_metric_results(dataset_name)
             self.metric_results = {metric: float(np.mean(v)) for metric, v in values.items()}
@@ -360,10 +377,8 @@ class UniRainModel(SRModel):
         """Per-type means over every validation dataset of the round, and their average over types."""
         results = OrderedDict()
         for metric in self.opt['val'].get('metrics') or {}:
-            per_type = OrderedDict((self.type_names[t], float(np.mean(v[metric])))
-                                   for t, v in sorted(self.type_metric_values.items()) if metric in v)
+            per_type = self.per_type_means(self.type_metric_values, metric)
             if per_type:
-                per_type['avg'] = float(np.mean(list(per_type.values())))
                 results[metric] = per_type
         self.type_metric_results = results
         if not results:
@@ -378,7 +393,34 @@ class UniRainModel(SRModel):
             if tb_logger:
                 for name, value in per_type.items():
                     tb_logger.add_scalar(f'metrics/m_{metric}_{name}', value, current_iter)
+            inputs = self.per_type_means(self.type_input_values, metric)
+            if inputs:
+                lines.append('\t rainy input: ' + '  '.join(f'm_{metric}_{name}: {value:.4f}'
+                                                            for name, value in inputs.items()))
+                if tb_logger:
+                    for name, value in inputs.items():
+                        tb_logger.add_scalar(f'metrics/m_{metric}_input_{name}', value, current_iter)
         get_root_logger().info('\n'.join(lines))
+        if self.opt['is_train'] and self.opt['path'].get('experiments_root'):
+            self.plot_progress(current_iter, results)
+
+    def per_type_means(self, values, metric):
+        per_type = OrderedDict((self.type_names[t], float(np.mean(v[metric])))
+                               for t, v in sorted(values.items()) if metric in v)
+        if per_type:
+            per_type['avg'] = float(np.mean(list(per_type.values())))
+        return per_type
+
+    def plot_progress(self, current_iter, results):
+        """progress.png / progress.json in the experiment folder: per-type output and input PSNR, weights."""
+        metric = 'psnr' if 'psnr' in results else next(iter(results))
+        if self.progress is None:
+            self.progress = ProgressPlot(self.opt['path']['experiments_root'], self.resume_iter)
+        weights = {}
+        if hasattr(self, 'cri_pix'):
+            weights = {name: float(w) for name, w in zip(self.type_names, self.cri_pix.weights())}
+        self.progress.add(current_iter, metric, results[metric],
+                          self.per_type_means(self.type_input_values, metric), weights)
 
     # --------------------------------------------------------------------------------------- save / resume
     def save(self, epoch, current_iter):
@@ -411,6 +453,7 @@ class UniRainModel(SRModel):
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        self.resume_iter = resume_state['iter']
         logger = get_root_logger()
         if 'reweighting' in resume_state:
             self.cri_pix.load_state_dict(resume_state['reweighting'])
