@@ -9,7 +9,10 @@ from os import path as osp
 import unirain_arch  # noqa: F401  (applies the basicsr compat patches before basicsr is used)
 from basicsr.utils import scandir
 
+from unirain_data import lpips_metric  # noqa: F401  (registers calculate_lpips; lpips is imported on use)
+
 _folder = osp.dirname(osp.abspath(__file__))
+
 _modules = [
     importlib.import_module(f'unirain_data.{osp.splitext(name)[0]}')
     for name in sorted(scandir(_folder)) if name.endswith('_dataset.py')

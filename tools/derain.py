@@ -1,0 +1,101 @@
+"""Derain photos: a file, a folder or a glob, with any registered checkpoint, on CPU or GPU.
+
+    python tools/derain.py --input photos/ --output derained/ --opt options/test_UniRain.yml
+    python tools/derain.py --input 'shots/*.jpg' --output out/ --ckpt net_g_latest.pth --arch UniRain --preset small
+    python tools/derain.py --input big.png --output out/ --opt options/test_PReNet_Rain100L.yml --device cuda --half
+
+Names and formats are kept (PNG/JPEG/WebP/BMP/TIFF; a 16-bit PNG stays 16-bit; gray stays gray; alpha is
+copied). Inputs are never overwritten. Unreadable files are skipped and listed at the end; the exit status
+is 0 when every file was derained, 1 when some were skipped as unreadable, 2 for a usage error.
+"""
+import argparse
+import sys
+import time
+
+from unirain_arch.inference import InferenceError, derain_paths, load_model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Derain images with a UniRain (or any BasicSR-registered) checkpoint.',
+        epilog='Exit status: 0 all derained, 1 some files unreadable (listed), 2 usage error.')
+    parser.add_argument('--input', '-i', nargs='+', required=True,
+                        help='image files, folders or glob patterns (quote patterns)')
+    parser.add_argument('--output', '-o', required=True, help='output folder (file names are kept)')
+    weights = parser.add_argument_group('model (an option file, or a checkpoint plus an arch)')
+    weights.add_argument('--opt', help='BasicSR option file: network_g and path.pretrain_network_g')
+    weights.add_argument('--ckpt', help='checkpoint: BasicSR (params / params_ema) or a plain state dict; '
+                                        'overrides the option file\'s path.pretrain_network_g')
+    weights.add_argument('--arch', help='registered arch name when no --opt is given, e.g. UniRain, PReNet')
+    weights.add_argument('--preset', help='arch preset (UniRain/UniRainDense: paper, small, tiny)')
+    weights.add_argument('--param-key', default=None,
+                         help='checkpoint key holding the weights (default: params_ema, params, or the whole file)')
+    run = parser.add_argument_group('running')
+    run.add_argument('--device', default='auto', help='cpu, cuda, cuda:1, ... (default: cuda when available)')
+    precision = run.add_mutually_exclusive_group()
+    precision.add_argument('--half', action='store_true', help='float16 autocast (GPU only)')
+    precision.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
+    run.add_argument('--tile', type=int, default=512,
+                     help='tile size in pixels, bounds memory on large photos; 0 = whole image (default 512)')
+    run.add_argument('--overlap', type=int, default=32, help='tile overlap in pixels (default 32)')
+    out = parser.add_argument_group('output')
+    out.add_argument('--recursive', action='store_true', help='descend into sub-folders (their layout is kept)')
+    out.add_argument('--skip-existing', action='store_true', help='leave outputs that already exist (resume)')
+    out.add_argument('--quality', type=int, default=95, help='JPEG/WebP quality (default 95)')
+    out.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    if not args.opt and not args.arch:
+        parser.error('give --opt OPTION_FILE, or --ckpt CKPT with --arch NAME')
+    if not args.opt and not args.ckpt:
+        parser.error('--arch needs --ckpt (a checkpoint to load)')
+    if args.overlap < 0 or (args.tile and args.overlap >= args.tile):
+        parser.error(f'--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}')
+    return args
+
+
+def peak_memory(device):
+    """Peak resident memory of this process (and peak GPU memory on CUDA), for the closing line."""
+    import torch
+    try:
+        import resource
+        text = f'peak RAM {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB'
+    except ImportError:  # not on Windows
+        text = 'peak RAM unknown'
+    if str(device).startswith('cuda'):
+        text += f', peak GPU {torch.cuda.max_memory_allocated(torch.device(device)) / 2**20:.0f} MiB'
+    return text
+
+
+def main(argv=None):
+    import torch
+
+    args = parse_args(argv)
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
+    network = args.opt
+    if network is None:
+        network = {'type': args.arch}
+        if args.preset:
+            network['preset'] = args.preset
+    dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else None
+    try:
+        net = load_model(args.ckpt, network, device=device, param_key=args.param_key)
+        start = time.perf_counter()
+        report = derain_paths(net, args.input, args.output, tile_size=args.tile or None, tile_overlap=args.overlap,
+                              dtype=dtype, recursive=args.recursive, skip_existing=args.skip_existing,
+                              quality=args.quality, progress=not args.quiet)
+    except InferenceError as exc:
+        print(f'derain: error: {exc}', file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(f'derained {len(report.written)} image(s) into {args.output} in {seconds:.1f} s on {device}'
+          + (f'; {len(report.skipped)} already there' if report.skipped else '') + f'; {peak_memory(device)}')
+    if report.failed:
+        print(f'{len(report.failed)} file(s) could not be read and were skipped:', file=sys.stderr)
+        for path, reason in report.failed:
+            print(f'  {path}: {reason}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
