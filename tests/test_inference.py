@@ -234,3 +234,4 @@ def test_16bit_png_round_trip(tmp_path):
     write_image(str(tmp_path / 'out.png'), img, meta)
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / 'out.png'), cv2.IMREAD_UNCHANGED), deep)
     assert sorted(os.listdir(tmp_path)) == ['in.png', 'out.png']  # the atomic write left no temporary file
+    assert os.stat(tmp_path / 'out.png').st_mode & 0o777 == os.stat(tmp_path / 'in.png').st_mode & 0o777

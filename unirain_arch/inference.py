@@ -298,6 +298,12 @@ def to_integer(img, bit_depth=8, rounding='round'):
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(path, img, meta=None, quality=95):
     """Write a float BGR result in ``meta``'s format (bit depth, gray, alpha), atomically (no half files)."""
     meta = meta or ImageMeta(bit_depth=8, gray=False)
@@ -322,6 +328,7 @@ def write_image(path, img, meta=None, quality=95):
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(buf.tobytes())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

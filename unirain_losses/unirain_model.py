@@ -453,7 +453,7 @@ class UniRainModel(SRModel):
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
-        self.resume_iter = resume_state['iter']
+        self.resume_iter = resume_state.get('iter')
         logger = get_root_logger()
         if 'reweighting' in resume_state:
             self.cri_pix.load_state_dict(resume_state['reweighting'])
