@@ -385,3 +385,21 @@ def test_any_arch_trains_with_coba(tmp_path, data, network):
         model.optimize_parameters(step)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
     assert len(model.cri_pix.loss_history) == 1 and math.isfinite(model.get_current_log()['l_val_nrd'])
+
+
+def test_window_archs_are_padded_not_cropped_in_test():
+    """BasicSR's SwinIR needs sizes divisible by its window: the model pads and crops back, tiled or not."""
+    opt = {'name': 'swin', 'model_type': 'UniRainModel', 'is_train': False, 'num_gpu': 0, 'dist': False, 'scale': 1,
+           'network_g': {'type': 'SwinIR', 'upscale': 1, 'in_chans': 3, 'img_size': 16, 'window_size': 8,
+                         'img_range': 1., 'depths': [1], 'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2,
+                         'upsampler': '', 'resi_connection': '1conv'},
+           'path': {'pretrain_network_g': None}, 'val': {'metrics': {}}, 'datasets': {}}
+    from basicsr.models import build_model
+    model = build_model(opt)
+    model.lq = torch.rand(1, 3, 37, 29)
+    model.test()
+    whole = model.output
+    assert whole.shape == (1, 3, 37, 29)
+    model.opt['tile'] = {'tile_size': 24, 'tile_overlap': 8}
+    model.test()
+    assert model.output.shape == (1, 3, 37, 29) and torch.isfinite(model.output).all()

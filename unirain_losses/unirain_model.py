@@ -17,6 +17,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
+from unirain_arch.inference import PadToMultiple
 from unirain_arch.tiling import check_tile_options, tiled_forward
 from unirain_losses.progress_plot import ProgressPlot
 from unirain_losses.reweighting import TypeReweightedLoss, default_type_names
@@ -297,13 +298,16 @@ class UniRainModel(SRModel):
         net = self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
         was_training = net.training
         net.eval()
+        # archs that need sizes divisible by their window (BasicSR's SwinIR) and do not pad themselves
+        multiple = self.opt['network_g'].get('window_size')
+        forward = PadToMultiple(net, multiple) if multiple else net
         with torch.no_grad():
             tile = self.opt.get('tile')
             if tile:
                 tile_size, tile_overlap = check_tile_options(tile)
-                self.output = tiled_forward(net, self.lq, tile_size, tile_overlap)
+                self.output = tiled_forward(forward, self.lq, tile_size, tile_overlap)
             else:
-                self.output = net(self.lq)
+                self.output = forward(self.lq)
         net.train(was_training)
 
     def reset_type_metrics(self):
