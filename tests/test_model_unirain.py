@@ -394,7 +394,6 @@ def test_window_archs_are_padded_not_cropped_in_test():
                          'img_range': 1., 'depths': [1], 'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2,
                          'upsampler': '', 'resi_connection': '1conv'},
            'path': {'pretrain_network_g': None}, 'val': {'metrics': {}}, 'datasets': {}}
-    from basicsr.models import build_model
     model = build_model(opt)
     model.lq = torch.rand(1, 3, 37, 29)
     model.test()
