@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 # ../shared (real data, read-only) sits beside the checkout on development machines and in CI; users lack it.
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
@@ -13,3 +14,12 @@ def shared_data():
     if not (SHARED / 'data').is_dir():
         pytest.skip(f'real data not found at {SHARED / "data"}')
     return SHARED / 'data'
+
+
+@pytest.fixture(autouse=True, scope='session')
+def one_torch_thread():
+    """Test nets are small: one thread avoids OpenMP stalls when the 2 CI cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,13 +18,6 @@ needs_shared = pytest.mark.skipif(not (os.path.isfile(WEIGHTS) and os.path.isdir
                                   reason='../shared/data (official PReNet weights, Rain100L pairs) is absent')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One thread avoids OpenMP stalls when parallel test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_parameter_names_and_count_are_the_official_ones():

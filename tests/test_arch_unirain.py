@@ -11,13 +11,6 @@ from unirain_arch.moe import HardMoE, SoftMoE
 from unirain_arch.unirain_arch import UniRain, UniRainDense
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These nets are small: one thread avoids OpenMP stalls when parallel test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def photos(n, h=48, w=64):

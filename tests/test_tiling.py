@@ -8,13 +8,6 @@ from unirain_arch.tiling import check_tile_options, tiled_forward
 from unirain_arch.unirain_arch import UniRain
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These nets are small: one thread avoids OpenMP stalls when parallel test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Identity(nn.Module):
