@@ -23,7 +23,8 @@ import yaml
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from unirain_data.manifest import ManifestEntry, natural_key, read_manifest, write_manifest  # noqa: E402
+from unirain_data.manifest import (ManifestEntry, natural_key, read_manifest, resolve_path,  # noqa: E402
+                                   write_manifest)
 from unirain_data.rain_types import RAIN_TYPES  # noqa: E402
 
 # name: (arch, strategy, arch overrides)
@@ -52,9 +53,9 @@ def prepare_data(shared, out, variants, seed):
     for split, numbers in DRS_SPLIT.items():
         entries = [ManifestEntry(lq=osp.join(rain100l, 'rainy', f'{n}.png'), gt=osp.join(rain100l, 'clean', f'{n}.png'),
                                  type='DRS', source='Rain100L-train', split=split) for n in numbers]
-        for entry in read_manifest(osp.join(synth, f'{split}.jsonl')):
-            entry.lq = osp.join(synth, entry.lq) if not osp.isabs(entry.lq) else entry.lq
-            entry.gt = osp.join(synth, entry.gt) if not osp.isabs(entry.gt) else entry.gt
+        synth_manifest = osp.join(synth, f'{split}.jsonl')
+        for entry in read_manifest(synth_manifest):
+            entry.lq, entry.gt = resolve_path(synth_manifest, entry.lq), resolve_path(synth_manifest, entry.gt)
             entries.append(entry)
         entries.sort(key=lambda e: (RAIN_TYPES.index(e.type), natural_key(e.lq)))
         write_manifest(osp.join(data, f'{split}.jsonl'), entries)
