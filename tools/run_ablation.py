@@ -6,7 +6,8 @@ held-out test images (per-type, average and worst-type PSNR, RGB and Y). Everyth
 ``data/`` (manifests and synthesised images), ``options/`` (the generated option files, readable and rerunnable),
 ``experiments/`` (BasicSR's folders), ``results.md`` and ``results.json``.
 
-    python tools/run_ablation.py --shared ../shared/data --out ablation --iters 3000
+    python tools/run_ablation.py --shared ../shared/data --out ablation --threads 1        # CPU, ~25 min per config
+    python tools/run_ablation.py --shared ../shared/data --out ablation_gpu --preset small --iters 20000 --num-gpu 1
 
 Rerunning the same command resumes: finished configurations are not retrained, interrupted ones resume.
 """
@@ -95,15 +96,15 @@ def option_file(name, arch, strategy, overrides, args, data):
             'warmup_iter': -1,
             'pixel_opt': pixel_opt,
         },
-        'val': {'val_freq': args.val_freq, 'save_img': False, 'coba_crop': 128,
+        'val': {'val_freq': args.val_freq, 'coba_freq': args.coba_freq, 'save_img': False, 'coba_crop': 128,
                 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
-        'logger': {'print_freq': args.val_freq, 'save_checkpoint_freq': args.val_freq * 5,
+        'logger': {'print_freq': args.coba_freq * 2, 'save_checkpoint_freq': args.val_freq,
                    'use_tb_logger': True, 'wandb': {'project': None, 'resume_id': None}},
         'dist_params': {'backend': 'nccl', 'port': 29500},
     }
 
 
-def train(name, opt, out):
+def train(name, opt, out, threads=None):
     path = osp.join(out, 'options', f'{name}.yml')
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
@@ -113,8 +114,9 @@ def train(name, opt, out):
         print(f'[{name}] already trained: {models}')
         return path, 0.0
     start = time.time()
+    env = dict(os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
     subprocess.run([osp.join(osp.dirname(sys.executable), 'basicsr'), 'train', '-opt', path, '--auto_resume'],
-                   cwd=out, check=True)
+                   cwd=out, check=True, env=env)
     return path, time.time() - start
 
 
@@ -134,17 +136,19 @@ def parse_args(argv=None):
     parser.add_argument('--shared', required=True, help='folder with rain100l_train/ and kodak24/')
     parser.add_argument('--out', required=True, help='output folder (data, options, experiments, results)')
     parser.add_argument('--configs', default=','.join(CONFIGS), help=f'comma-separated subset of {list(CONFIGS)}')
-    parser.add_argument('--preset', default='small', help='UniRain / UniRainDense preset')
+    parser.add_argument('--preset', default='tiny', help='UniRain / UniRainDense preset (small or paper on a GPU)')
     parser.add_argument('--iters', type=int, default=3000, help='training iterations per configuration')
     parser.add_argument('--batch', type=int, default=8, help='batch size')
     parser.add_argument('--crop', type=int, default=64, help='training crop size')
     parser.add_argument('--lr', type=float, default=1e-3, help='AdamW learning rate (cosine decay to 1e-6)')
-    parser.add_argument('--val-freq', type=int, default=50, help='validation (and CoBa update) interval')
+    parser.add_argument('--val-freq', type=int, default=1000, help='full per-type validation (and checkpoint) interval')
+    parser.add_argument('--coba-freq', type=int, default=50, help='CoBa update interval (validation L1 on centre crops)')
     parser.add_argument('--coba-warmup', type=int, default=10, help='CoBa updates with uniform weights')
     parser.add_argument('--coba-window', type=int, default=5, help='CoBa slope window (validations)')
     parser.add_argument('--variants', type=int, default=3, help='synthetic rainy versions per Kodak image and type')
     parser.add_argument('--workers', type=int, default=1, help='data loader workers')
     parser.add_argument('--num-gpu', type=int, default=0, help='0 for CPU, 1 for one GPU')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads per training run (OMP_NUM_THREADS)')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -160,7 +164,8 @@ def main(argv=None):
     options, seconds = {}, {}
     for name in names:
         arch, strategy, overrides = CONFIGS[name]
-        options[name], seconds[name] = train(name, option_file(name, arch, strategy, overrides, args, data), out)
+        options[name], seconds[name] = train(name, option_file(name, arch, strategy, overrides, args, data), out,
+                                               args.threads)
     results = evaluate(names, options, out, data, 'cuda' if args.num_gpu else 'cpu')
     summary = {'budget': vars(args), 'train_seconds': seconds, 'results': results}
     with open(osp.join(out, 'ablation.json'), 'w') as f:
