@@ -97,3 +97,11 @@ def test_prepared_splits_are_disjoint_and_cover_four_types(tmp_path):
         assert Path(entry.lq).is_file() and Path(entry.gt).is_file()
     with pytest.raises(SystemExit, match='nope'):
         ablation.main(['--shared', str(shared), '--out', str(tmp_path / 'out'), '--configs', 'nope'])
+
+
+def test_summary_reports_average_over_types_and_the_worst_type():
+    results = {'models': [{'name': 'a', 'per_type': {'DRS': {'psnr_rgb': 30.0}, 'DRD': {'psnr_rgb': 22.0},
+                                                     'NRS': {'psnr_rgb': 28.0}, 'NRD': {'psnr_rgb': 24.0}}}]}
+    (row,) = ablation.summary_table(results)
+    assert row['average'] == 26.0 and (row['worst_type'], row['worst']) == ('DRD', 22.0)
+    assert '| a | 30.00 | 22.00 | 28.00 | 24.00 | 26.00 | 22.00 (DRD) |' in ablation.summary_markdown([row])
