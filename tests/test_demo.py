@@ -49,5 +49,21 @@ def test_progress_plot_survives_resume(tmp_path):
     resumed = ProgressPlot(str(tmp_path), resume_iter=200)
     assert [r['iter'] for r in resumed.records] == [100, 200]
     resumed.add(300, 'psnr', {'drs': 30.0, 'avg': 30.0}, {'drs': 18.0, 'avg': 18.0}, {'drs': 0.4})
-    records = json.loads((tmp_path / 'progress.json').read_text())
+    records = json.loads((tmp_path / 'progress.json').read_text())['validations']
     assert [r['iter'] for r in records] == [100, 200, 300] and records[-1]['output']['drs'] == 30.0
+
+
+def test_progress_keeps_every_reweighting_update_across_resume(tmp_path):
+    plot = ProgressPlot(str(tmp_path))
+    for it in (50, 100, 150, 200):
+        plot.add_weights(it, {'drs': it / 1000, 'drd': 1 - it / 1000})
+    plot.add(200, 'psnr', {'drs': 20.0, 'avg': 20.0}, {}, {'drs': 0.2})
+    saved = json.loads((tmp_path / 'progress.json').read_text())
+    assert [r['iter'] for r in saved['weights']] == [50, 100, 150, 200]
+    assert saved['weights'][1]['weights'] == {'drs': 0.1, 'drd': 0.9}
+    resumed = ProgressPlot(str(tmp_path), resume_iter=100)
+    assert [r['iter'] for r in resumed.weight_history] == [50, 100] and resumed.records == []
+    resumed.add_weights(150, {'drs': 0.5, 'drd': 0.5})
+    resumed.add(150, 'psnr', {'drs': 21.0, 'avg': 21.0}, {}, {'drs': 0.5})
+    saved = json.loads((tmp_path / 'progress.json').read_text())
+    assert [r['iter'] for r in saved['weights']] == [50, 100, 150] and saved['weights'][-1]['weights']['drs'] == 0.5

@@ -1,7 +1,9 @@
 """Per-type validation PSNR and strategy weights over a run: ``progress.json`` and ``progress.png``.
 
 Written into the experiment folder at every validation so a person can watch a run without tensorboard.
-On resume the history is reloaded and cut at the resumed iteration, so the plot continues seamlessly.
+Weights are also recorded at every reweighting update (CoBa updates far more often than full validations run)
+and drawn at that resolution. On resume the history is reloaded and cut at the resumed iteration, so the plot
+continues seamlessly.
 """
 import json
 import os
@@ -18,9 +20,17 @@ class ProgressPlot:
         self.json_path = os.path.join(folder, 'progress.json')
         self.png_path = os.path.join(folder, 'progress.png')
         self.records = []
+        self.weight_history = []
         if resume_iter is not None and os.path.isfile(self.json_path):
             with open(self.json_path) as f:
-                self.records = [r for r in json.load(f) if r['iter'] <= resume_iter]
+                saved = json.load(f)
+            self.records = [r for r in saved['validations'] if r['iter'] <= resume_iter]
+            self.weight_history = [r for r in saved['weights'] if r['iter'] <= resume_iter]
+
+    def add_weights(self, current_iter, weights):
+        """Weights after a reweighting update ({type: w}); drawn at the next validation."""
+        self.weight_history = [r for r in self.weight_history if r['iter'] != current_iter]
+        self.weight_history.append({'iter': int(current_iter), 'weights': dict(weights)})
 
     def add(self, current_iter, metric, per_type, per_type_input, weights):
         """per_type / per_type_input: {type or 'avg': value}; weights: {type: w} (may be empty)."""
@@ -32,7 +42,7 @@ class ProgressPlot:
     def save(self):
         tmp = self.json_path + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump(self.records, f, indent=1)
+            json.dump({'validations': self.records, 'weights': self.weight_history}, f, indent=1)
         os.replace(tmp, self.json_path)
         self._plot()
 
@@ -51,9 +61,11 @@ class ProgressPlot:
         top.set_ylabel(f'validation {metric} (dotted: rainy input)')
         top.legend(fontsize=8, ncol=3)
         top.grid(alpha=0.3)
-        weight_names = list(self.records[-1]['weights'])
+        history = self.weight_history or [{'iter': r['iter'], 'weights': r['weights']} for r in self.records]
+        weight_names = list(history[-1]['weights'])
         for name in weight_names:
-            bottom.plot(iters, [r['weights'].get(name) for r in self.records], color=colors.get(name), label=name)
+            bottom.plot([r['iter'] for r in history], [r['weights'].get(name) for r in history],
+                        color=colors.get(name), label=name)
         bottom.set_ylabel('loss weight per type')
         bottom.set_xlabel('iteration')
         if weight_names:

@@ -292,6 +292,9 @@ class UniRainModel(SRModel):
         logger.info(f'Reweighting @ iter {current_iter}: val L1 [{losses}] -> weights [{weights}]')
         if not applied:
             logger.warning(f'Reweighting @ iter {current_iter}: skipped, some type has no validation loss yet')
+        if self.progress_plot() is not None:
+            self.progress_plot().add_weights(
+                current_iter, {n: float(w) for n, w in zip(self.type_names, self.cri_pix.weights())})
 
     # -------------------------------------------------------------------------------------------- inference
     def test(self):
@@ -405,7 +408,7 @@ class UniRainModel(SRModel):
                     for name, value in inputs.items():
                         tb_logger.add_scalar(f'metrics/m_{metric}_input_{name}', value, current_iter)
         get_root_logger().info('\n'.join(lines))
-        if self.opt['is_train'] and self.opt['path'].get('experiments_root'):
+        if self.progress_plot() is not None:
             self.plot_progress(current_iter, results)
 
     def per_type_means(self, values, metric):
@@ -415,15 +418,21 @@ class UniRainModel(SRModel):
             per_type['avg'] = float(np.mean(list(per_type.values())))
         return per_type
 
+    def progress_plot(self):
+        """The run's ProgressPlot (rank 0 of a training run only), or None."""
+        if self.opt.get('rank', 0) != 0 or not self.opt.get('is_train') or not self.opt['path'].get('experiments_root'):
+            return None
+        if self.progress is None:
+            self.progress = ProgressPlot(self.opt['path']['experiments_root'], self.resume_iter)
+        return self.progress
+
     def plot_progress(self, current_iter, results):
         """progress.png / progress.json in the experiment folder: per-type output and input PSNR, weights."""
         metric = 'psnr' if 'psnr' in results else next(iter(results))
-        if self.progress is None:
-            self.progress = ProgressPlot(self.opt['path']['experiments_root'], self.resume_iter)
         weights = {}
         if hasattr(self, 'cri_pix'):
             weights = {name: float(w) for name, w in zip(self.type_names, self.cri_pix.weights())}
-        self.progress.add(current_iter, metric, results[metric],
+        self.progress_plot().add(current_iter, metric, results[metric],
                           self.per_type_means(self.type_input_values, metric), weights)
 
     # --------------------------------------------------------------------------------------- save / resume
