@@ -104,14 +104,18 @@ def option_file(name, arch, strategy, overrides, args, data):
     }
 
 
+def checkpoint(name, out):
+    """The final weights ``basicsr train`` writes for configuration ``name``."""
+    return osp.join(out, 'experiments', f'ablation_{name}', 'models', 'net_g_latest.pth')
+
+
 def train(name, opt, out, threads=None):
     path = osp.join(out, 'options', f'{name}.yml')
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    models = osp.join(out, 'experiments', opt['name'], 'models')
-    if osp.isfile(osp.join(models, 'net_g_latest.pth')):
-        print(f'[{name}] already trained: {models}')
+    if osp.isfile(checkpoint(name, out)):
+        print(f'[{name}] already trained: {checkpoint(name, out)}')
         return path, 0.0
     start = time.time()
     env = dict(os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
@@ -125,7 +129,7 @@ def evaluate(names, options, out, data, device):
     cmd = [sys.executable, osp.join(ROOT, 'tools', 'compare.py'), '--data', osp.join(data, 'test.jsonl'),
            '--out', report_dir, '--device', device]
     for name in names:
-        cmd += ['--model', f'{name}={options[name]}']
+        cmd += ['--model', f'{name}={checkpoint(name, out)}:{options[name]}']
     subprocess.run(cmd, cwd=out, check=True)
     with open(osp.join(report_dir, 'results.json')) as f:
         return json.load(f)
