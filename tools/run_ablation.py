@@ -4,7 +4,8 @@ One fixed four-type training set (real Rain100L training pairs for DRS; DRD / NR
 one fixed iteration budget, several configurations trained with ``basicsr train``, each evaluated on the same
 held-out test images (per-type, average and worst-type PSNR, RGB and Y). Everything lands in ``--out``:
 ``data/`` (manifests and synthesised images), ``options/`` (the generated option files, readable and rerunnable),
-``experiments/`` (BasicSR's folders), ``results.md`` and ``results.json``.
+``experiments/`` (BasicSR's folders), ``report/`` (compare.py's tables, JSON and grids), ``ablation.md`` (per-type,
+average and worst-type PSNR-RGB) and ``ablation.json`` (budget, training seconds, table, every result).
 
     python tools/run_ablation.py --shared ../shared/data --out ablation --threads 1        # CPU, ~25 min per config
     python tools/run_ablation.py --shared ../shared/data --out ablation_gpu --preset small --iters 20000 --num-gpu 1
