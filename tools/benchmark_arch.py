@@ -118,13 +118,7 @@ def _measure(spec, device, size, repeats, threads, queue):
         else:
             live = _live_heap_reader()
             row['peak_mem_MiB'] = None if live is None else _peak_live_bytes(net, x, live) / 2 ** 20
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            net(x)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    row['latency_s'] = statistics.median(times)
+        row['latency_s'] = _median_seconds(net, x, repeats, device)
     row['ms_per_MP'] = 1000 * row['latency_s'] / (size * size / 1e6)
     # counted after the timing so the counting forward does not set the memory peak
     macs = count_macs(net, (1, 3, 256, 256), device)
@@ -136,6 +130,17 @@ def _measure(spec, device, size, repeats, threads, queue):
             m.top_k = m.num_experts
         row['gmacs_256_every_expert'] = count_macs(net, (1, 3, 256, 256), device)['layers'] / 1e9
     queue.put(row)
+
+
+def _median_seconds(fn, x, repeats, device):
+    """Median wall time of ``fn(x)`` over ``repeats`` calls (already warmed up), device work included."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _decoder_layer_ratio(device, size, batch, repeats, threads, queue):
@@ -167,13 +172,7 @@ def _decoder_layer_ratio(device, size, batch, repeats, threads, queue):
         with torch.no_grad():
             layer(x)
             _sync(device)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                layer(x)
-                _sync(device)
-                times.append(time.perf_counter() - start)
-        result[f'{name}_s'] = statistics.median(times)
+            result[f'{name}_s'] = _median_seconds(layer, x, repeats, device)
     result['experts_used_by_hard'] = sorted(set(hard.last_experts.flatten().tolist()))
     result['macs_ratio_hard_over_soft'] = result['hard_top1_gmacs'] / result['soft_gmacs']
     result['time_ratio_hard_over_soft'] = result['hard_top1_s'] / result['soft_s']
