@@ -1,27 +1,17 @@
 """tools/run_ablation.py: a fair ablation (one factor per configuration) on disjoint, typed splits."""
 import copy
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tool_loader import load_tool
 import unirain_arch  # noqa: F401  (registers the archs)
 from basicsr.archs import build_network
 from unirain_data.manifest import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('unirain_ablation_tool', ROOT / 'tools' / 'run_ablation.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = load_tool()
+ablation = load_tool('run_ablation')
 
 
 def options(args_line='--shared s --out o --preset tiny'):

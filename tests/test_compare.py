@@ -1,8 +1,6 @@
 """tools/compare.py on a tiny 4-type set: tables, JSON and grids hold independently recomputed values."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,10 +9,10 @@ import torch
 import yaml
 from torch import nn
 
+from tool_loader import load_tool
 import unirain_arch  # noqa: F401  (basicsr compat patches)
 from unirain_arch.inference import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
 TYPES = ('drs', 'drd', 'nrs', 'nrd')
 SHIFT = 20  # the "model" adds 20/255 to every pixel
 SWINIR = {'type': 'SwinIR', 'upscale': 1, 'in_chans': 3, 'img_size': 16, 'window_size': 4, 'img_range': 1.,
@@ -22,14 +20,7 @@ SWINIR = {'type': 'SwinIR', 'upscale': 1, 'in_chans': 3, 'img_size': 16, 'window
           'resi_connection': '1conv'}
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('unirain_compare_tool', ROOT / 'tools' / 'compare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_tool()
+compare = load_tool('compare')
 
 
 def psnr(a, b):

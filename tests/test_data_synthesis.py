@@ -1,12 +1,12 @@
 """Rain synthesis: determinism, the contract the dataset relies on, and what each rain type does to an image."""
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tool_loader import load_tool
 from unirain_data.manifest import read_manifest, resolve_path
 from unirain_data.night import NightConfig, render_night
 from unirain_data.rain_streaks import StreakConfig, composite_streaks, render_streaks
@@ -204,16 +204,8 @@ def test_night_streaks_are_lit_by_the_scene_light():
     assert np.isclose(added[:, :32].sum() / added[:, 32:].sum(), 0.9 / 0.15, rtol=1e-3)
 
 
-def _load_cli():
-    path = Path(__file__).resolve().parents[1] / 'tools' / 'synthesize_rain.py'
-    spec = importlib.util.spec_from_file_location('synthesize_rain', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_makes_a_four_type_split_set(tmp_path):
-    cli = _load_cli()
+    cli = load_tool('synthesize_rain')
     clean_dir = tmp_path / 'clean'
     clean_dir.mkdir()
     for i in range(5):
@@ -249,7 +241,7 @@ def test_cli_makes_a_four_type_split_set(tmp_path):
 
 
 def test_cli_single_image_and_errors(tmp_path, capsys):
-    cli = _load_cli()
+    cli = load_tool('synthesize_rain')
     folder = tmp_path / 'clean'
     folder.mkdir()
     source = folder / 'photo.png'

@@ -1,5 +1,4 @@
 """tools/convert_dataset.py, tools/make_lmdb.py, tools/benchmark_loader.py; real-data checks on ../shared."""
-import importlib.util
 import json
 import os
 import shutil
@@ -13,17 +12,10 @@ from data_fixtures import build, make_layout, random_pixels, write_image, write_
 
 from basicsr.data import build_dataloader
 from basicsr.data.data_sampler import EnlargedSampler
+from tool_loader import TOOLS, load_tool
 from unirain_data.manifest import read_manifest, resolve_path
 from unirain_data.public_layouts import convert_layout
 
-TOOLS = Path(__file__).resolve().parents[1] / 'tools'
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _files(root, names):
@@ -114,7 +106,7 @@ def test_layout_errors(tmp_path):
 
 
 def test_convert_cli_writes_a_loadable_manifest(tmp_path, capsys):
-    convert = _tool('convert_dataset')
+    convert = load_tool('convert_dataset')
     rng = np.random.default_rng(0)
     for i in range(3):
         write_pair(tmp_path / 'rainy' / f'{i}.png', tmp_path / 'clean' / f'{i}.png', rng)
@@ -141,7 +133,7 @@ def test_convert_cli_writes_a_loadable_manifest(tmp_path, capsys):
 
 
 def test_make_lmdb_cli(tmp_path, capsys):
-    make_lmdb = _tool('make_lmdb')
+    make_lmdb = load_tool('make_lmdb')
     root = make_layout(tmp_path / 'set', {'drs': 2, 'nrd': 2})
     (Path(root) / 'nrd' / 'input' / '1.png').write_bytes(b'broken')
     with pytest.raises(SystemExit, match=r'nrd/input/1\.png: not a decodable image'):
@@ -156,7 +148,7 @@ def test_make_lmdb_cli(tmp_path, capsys):
     for i, entry in enumerate(read_manifest(result.manifest)):
         assert torch.equal(lmdb_set[i]['lq'], by_path[entry.extra['lq_file']]['lq'])
     manifest = tmp_path / 'set.jsonl'
-    _tool('convert_dataset').main(['unirain', root, '-o', str(manifest), '--relative'])
+    load_tool('convert_dataset').main(['unirain', root, '-o', str(manifest), '--relative'])
     result = make_lmdb.main(['--manifest', str(manifest), '--out', str(tmp_path / 'b'), '--on-bad', 'skip',
                              '--compress-level', '9'])
     assert result.pairs == 3 and len(read_manifest(result.manifest)) == 3
@@ -166,10 +158,10 @@ def test_make_lmdb_cli(tmp_path, capsys):
 
 def test_benchmark_cli_reports_both_backends(tmp_path, capsys):
     root = make_layout(tmp_path / 'set', {'drs': 2, 'drd': 2}, height=130, width=136)
-    _tool('convert_dataset').main(['unirain', root, '-o', str(tmp_path / 'm.jsonl')])
-    lmdb = _tool('make_lmdb').main(['--manifest', str(tmp_path / 'm.jsonl'), '--out', str(tmp_path / 'lmdb')])
+    load_tool('convert_dataset').main(['unirain', root, '-o', str(tmp_path / 'm.jsonl')])
+    lmdb = load_tool('make_lmdb').main(['--manifest', str(tmp_path / 'm.jsonl'), '--out', str(tmp_path / 'lmdb')])
     out = tmp_path / 'bench.json'
-    _tool('benchmark_loader').main(['--manifest', str(tmp_path / 'm.jsonl'), '--lmdb-manifest', lmdb.manifest,
+    load_tool('benchmark_loader').main(['--manifest', str(tmp_path / 'm.jsonl'), '--lmdb-manifest', lmdb.manifest,
                                     '--batches', '2', '--warmup', '1', '--repeats', '1', '--num-workers', '0',
                                     '--json', str(out)])
     report = json.loads(out.read_text())
@@ -181,7 +173,7 @@ def test_benchmark_cli_reports_both_backends(tmp_path, capsys):
 
 def test_real_rain100l_to_manifest_lmdb_and_loader(shared_data, tmp_path):
     manifest = tmp_path / 'rain100l.jsonl'
-    count = _tool('convert_dataset').main(['rain100', str(shared_data / 'rain100l_train'), '--source', 'Rain100L',
+    count = load_tool('convert_dataset').main(['rain100', str(shared_data / 'rain100l_train'), '--source', 'Rain100L',
                                            '-o', str(manifest)])
     entries = read_manifest(manifest)
     assert count == len(entries) == 200
@@ -189,7 +181,7 @@ def test_real_rain100l_to_manifest_lmdb_and_loader(shared_data, tmp_path):
     assert all(Path(e.lq).name == Path(e.gt).name and Path(e.lq).parent.name == 'rainy' for e in entries)
     subset = tmp_path / 'subset.jsonl'
     subset.write_text(''.join(manifest.read_text().splitlines(keepends=True)[:8]))
-    lmdb = _tool('make_lmdb').main(['--manifest', str(subset), '--out', str(tmp_path / 'lmdb')])
+    lmdb = load_tool('make_lmdb').main(['--manifest', str(subset), '--out', str(tmp_path / 'lmdb')])
     opt = {'name': 'rain100l', 'type': 'DistilledRainDataset', 'phase': 'train', 'manifest': lmdb.manifest,
            'io_backend': {'type': 'lmdb'}, 'gt_size': 128, 'use_hflip': True, 'use_rot': True,
            'batch_size_per_gpu': 4, 'num_worker_per_gpu': 2}
@@ -214,7 +206,7 @@ def test_real_kodak_four_type_set_through_the_loader(shared_data, tmp_path):
     for name in ('kodim01.png', 'kodim02.png', 'kodim03.png', 'kodim04.png'):
         shutil.copy(shared_data / 'kodak24' / name, clean / name)
     out = tmp_path / 'synthetic'
-    _tool('synthesize_rain').main(['--input', str(clean), '--out', str(out), '--resize', '96', '--val', '1',
+    load_tool('synthesize_rain').main(['--input', str(clean), '--out', str(out), '--resize', '96', '--val', '1',
                                    '--test', '1'])
     opt = {'name': 'kodak', 'type': 'DistilledRainDataset', 'phase': 'train', 'dataroot': str(out / 'train'),
            'gt_size': 64, 'use_hflip': True, 'use_rot': True, 'batch_size_per_gpu': 4, 'num_worker_per_gpu': 2}

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from test_distill_tiny_models import assets, single_thread, tiny_config, write_config  # noqa: F401  (fixtures)
+from tool_loader import load_tool
 from unirain_data.distillation.prompt import DEFAULT_PROMPT, build_prompt, parse_answer
 from unirain_data.distillation.vote import majority_vote
 from unirain_data.distillation.weights import MissingWeightsError
@@ -91,11 +92,10 @@ def test_missing_weights_name_what_to_download_and_where(empty_hub_cache):
 
 
 def test_cli_reports_missing_weights_and_exits_2(assets, tmp_path, capsys, empty_hub_cache):  # noqa: F811
-    from test_distill_pipeline import _cli
     cfg = tiny_config(assets, str(tmp_path))
     cfg['captioner'] = {'model': 'Salesforce/blip-image-captioning-base'}
     opt = write_config(cfg, str(tmp_path / 'c.yml'))
-    assert _cli().main(['build-refs', '-opt', opt, '--no-progress']) == 2
+    assert load_tool('distill').main(['build-refs', '-opt', opt, '--no-progress']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: captioner: model ') and 'hf download Salesforce/blip-image-captioning-base' in err
     assert not os.path.exists(cfg['references']['db_dir'])

@@ -1,7 +1,6 @@
 """The distillation pipeline end to end on tiny random models: CLI, manifest, exact retrieval, voting with a
 scripted judge, shards, and kill-and-resume."""
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from test_distill_tiny_models import assets, single_thread, tiny_config, write_config  # noqa: F401  (fixtures)
+from tool_loader import load_tool
 from unirain_data.distillation import pipeline
 from unirain_data.distillation.config import config_from_dict
 from unirain_data.distillation.images import load_images
@@ -22,13 +22,6 @@ from unirain_data.manifest import read_manifest, resolve_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, 'tools', 'distill.py')
-
-
-def _cli():
-    spec = importlib.util.spec_from_file_location('distill_cli', DISTILL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _lines(path):
@@ -44,7 +37,7 @@ def e2e(assets, tmp_path_factory):  # noqa: F811
     cfg['output']['manifest'] = os.path.join(work, 'runs', 'plain', 'out', 'distilled.jsonl')
     cfg['pipeline']['work_dir'] = os.path.join(work, 'runs', 'plain', 'work')
     opt = write_config(cfg, os.path.join(work, 'distill.yml'))
-    cli = _cli()
+    cli = load_tool('distill')
     assert cli.main(['build-refs', '-opt', opt, '--no-progress']) == 0
     assert cli.main(['score', '-opt', opt, '--no-progress']) == 0
     return {'work': work, 'opt': opt, 'cfg': config_from_dict(cfg), 'raw': cfg, 'cli': cli}

@@ -1,6 +1,5 @@
 """Evaluation conventions: RGB and MATLAB-Y PSNR/SSIM agree with independent computations; options use them."""
 import glob
-import importlib.util
 import math
 import sys
 import types
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+from tool_loader import load_tool
 import unirain_arch  # noqa: F401  (basicsr compat patches)
 from basicsr.metrics import calculate_metric
 from basicsr.utils.registry import METRIC_REGISTRY
@@ -19,13 +19,6 @@ from unirain_data import lpips_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_OPTIONS = sorted(glob.glob(str(ROOT / 'options' / 'test_*.yml')))
-
-
-def load_compare():
-    spec = importlib.util.spec_from_file_location('unirain_compare_tool', ROOT / 'tools' / 'compare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def matlab_y(bgr_u8):
@@ -59,7 +52,7 @@ def fixed_pair():
 
 
 def test_constant_offset_has_closed_form_psnr():
-    compare = load_compare()
+    compare = load_tool('compare')
     gt = np.full((16, 24, 3), 100, np.uint8)
     out = gt + np.uint8(5)
     values = compare.image_metrics(out, gt)
@@ -70,7 +63,7 @@ def test_constant_offset_has_closed_form_psnr():
 
 def test_rgb_and_y_metrics_match_independent_numpy(fixed_pair):
     out, gt = fixed_pair
-    values = load_compare().image_metrics(out, gt)
+    values = load_tool('compare').image_metrics(out, gt)
     assert values['psnr_rgb'] == pytest.approx(psnr(out, gt), abs=1e-9)
     assert values['psnr_y'] == pytest.approx(psnr(matlab_y(out), matlab_y(gt)), abs=1e-4)
     assert values['ssim_rgb'] == pytest.approx(ssim_independent(out, gt), abs=1e-4)
@@ -83,7 +76,7 @@ def test_y_uses_red_green_blue_weights_in_bgr_order():
     gt = np.zeros((16, 16, 3), np.uint8)
     out = gt.copy()
     out[..., 2] = 10  # red only (BGR order): Y moves by 10 * 65.481 / 255
-    values = load_compare().image_metrics(out, gt)
+    values = load_tool('compare').image_metrics(out, gt)
     assert values['psnr_y'] == pytest.approx(20 * math.log10(255 / (10 * 65.481 / 255)), abs=1e-4)
 
 

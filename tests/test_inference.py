@@ -1,8 +1,6 @@
 """Inference: sizes kept (pad, never crop), tiling matches whole-image runs, folders with bad files, formats."""
 import hashlib
-import importlib.util
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,12 +9,11 @@ import torch
 import yaml
 from torch import nn
 
+from tool_loader import load_tool
 from unirain_arch.inference import (InferenceError, PadToMultiple, derain_image, derain_tensor, load_model,
                                     load_state_dict, read_image, write_image)
 
-_spec = importlib.util.spec_from_file_location('unirain_derain_tool', Path(__file__).parents[1] / 'tools' / 'derain.py')
-derain_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(derain_cli)
+derain_cli = load_tool('derain')
 
 # BasicSR's SwinIR needs sizes divisible by its window and does not pad: the worst case for "never crop".
 SWINIR = {'type': 'SwinIR', 'upscale': 1, 'in_chans': 3, 'img_size': 16, 'window_size': 4, 'img_range': 1.,
