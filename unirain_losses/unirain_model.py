@@ -292,9 +292,9 @@ class UniRainModel(SRModel):
         logger.info(f'Reweighting @ iter {current_iter}: val L1 [{losses}] -> weights [{weights}]')
         if not applied:
             logger.warning(f'Reweighting @ iter {current_iter}: skipped, some type has no validation loss yet')
-        if self.progress_plot() is not None:
-            self.progress_plot().add_weights(
-                current_iter, {n: float(w) for n, w in zip(self.type_names, self.cri_pix.weights())})
+        plot = self.progress_plot()
+        if plot is not None:
+            plot.add_weights(current_iter, self.type_weights())
 
     # -------------------------------------------------------------------------------------------- inference
     def test(self):
@@ -408,8 +408,9 @@ class UniRainModel(SRModel):
                     for name, value in inputs.items():
                         tb_logger.add_scalar(f'metrics/m_{metric}_input_{name}', value, current_iter)
         get_root_logger().info('\n'.join(lines))
-        if self.progress_plot() is not None:
-            self.plot_progress(current_iter, results)
+        plot = self.progress_plot()
+        if plot is not None:
+            self.plot_progress(plot, current_iter, results)
 
     def per_type_means(self, values, metric):
         per_type = OrderedDict((self.type_names[t], float(np.mean(v[metric])))
@@ -426,14 +427,17 @@ class UniRainModel(SRModel):
             self.progress = ProgressPlot(self.opt['path']['experiments_root'], self.resume_iter)
         return self.progress
 
-    def plot_progress(self, current_iter, results):
+    def type_weights(self):
+        """{type: current loss weight} of the reweighting strategy ({} outside training)."""
+        if not hasattr(self, 'cri_pix'):
+            return {}
+        return {name: float(w) for name, w in zip(self.type_names, self.cri_pix.weights())}
+
+    def plot_progress(self, plot, current_iter, results):
         """progress.png / progress.json in the experiment folder: per-type output and input PSNR, weights."""
         metric = 'psnr' if 'psnr' in results else next(iter(results))
-        weights = {}
-        if hasattr(self, 'cri_pix'):
-            weights = {name: float(w) for name, w in zip(self.type_names, self.cri_pix.weights())}
-        self.progress_plot().add(current_iter, metric, results[metric],
-                          self.per_type_means(self.type_input_values, metric), weights)
+        plot.add(current_iter, metric, results[metric], self.per_type_means(self.type_input_values, metric),
+                 self.type_weights())
 
     # --------------------------------------------------------------------------------------- save / resume
     def save(self, epoch, current_iter):
