@@ -62,6 +62,21 @@ def test_budget_flags_reach_the_option_files():
     assert [opt['datasets'][f'val_{i}']['types'] for i in range(1, 5)] == [['drs'], ['drd'], ['nrs'], ['nrd']]
 
 
+@pytest.mark.parametrize('flags, data_seed', [(['--seed', '3'], 0), (['--seed', '3', '--data-seed', '5'], 5)])
+def test_training_seed_keeps_the_rain_of_the_data(monkeypatch, tmp_path, flags, data_seed):
+    """Runs with different --seed must train and test on the same synthetic rain."""
+    seen = []
+
+    def prepare(shared, out, variants, seed):
+        seen.append(seed)
+        raise SystemExit('stop before training')
+
+    monkeypatch.setattr(ablation, 'prepare_data', prepare)
+    with pytest.raises(SystemExit, match='stop before training'):
+        ablation.main(['--shared', str(tmp_path), '--out', str(tmp_path / 'out')] + flags)
+    assert seen == [data_seed]
+
+
 def test_prepared_splits_are_disjoint_and_cover_four_types(tmp_path):
     shared = tmp_path / 'shared'
     rng = np.random.default_rng(0)

@@ -176,7 +176,10 @@ def parse_args(argv=None):
     parser.add_argument('--workers', type=int, default=1, help='data loader workers')
     parser.add_argument('--num-gpu', type=int, default=0, help='0 for CPU, 1 for one GPU')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads per training run (OMP_NUM_THREADS)')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='seed of initialisation, crops and router noise')
+    parser.add_argument('--data-seed', type=int, default=0,
+                        help='seed of the synthetic DRD/NRS/NRD rain; keep it fixed across --seed runs so that '
+                             'they train and test on the same set (an existing OUT/data is reused as it is)')
     return parser.parse_args(argv)
 
 
@@ -187,7 +190,7 @@ def main(argv=None):
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         raise SystemExit(f'unknown configuration(s) {unknown}; choose from {list(CONFIGS)}')
-    data = prepare_data(osp.abspath(args.shared), out, args.variants, args.seed)
+    data = prepare_data(osp.abspath(args.shared), out, args.variants, args.data_seed)
     options, seconds = {}, {}
     for name in names:
         arch, strategy, overrides = CONFIGS[name]
