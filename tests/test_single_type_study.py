@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tool_loader import load_tool
-from unirain_data.bundled_photos import bundled_photo_path  # unirain first: it makes basicsr importable
+from unirain_arch.inference import to_integer  # unirain first: it makes basicsr importable
+from unirain_data.bundled_photos import bundled_photo_path
 from basicsr.metrics import calculate_psnr
 from unirain_data.rain_synthesis import synthesize_pair
 
@@ -20,7 +21,7 @@ def test_study_scores_the_demo_validation_rain_at_each_check(tmp_path):
     # the validation pair is the demo's: chelsea, DRD, seed 7 + index 0
     clean = cv2.imread(bundled_photo_path('chelsea')).astype(np.float32) / 255
     rainy, target = synthesize_pair(clean, 'DRD', 7)
-    expected = calculate_psnr(study.to_uint8(rainy), study.to_uint8(target), crop_border=0)
+    expected = calculate_psnr(to_integer(rainy), to_integer(target), crop_border=0)
     assert report['input_psnr'] == pytest.approx(expected, abs=1e-6)
     assert 20 < report['input_psnr'] < 40
     assert [c['iter'] for c in report['checks']] == [2, 4]

@@ -34,7 +34,7 @@ import unirain_data  # noqa: E402,F401  (registers DistilledRainDataset)
 from basicsr.losses import build_loss  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
-from unirain_arch.inference import derain_image  # noqa: E402
+from unirain_arch.inference import derain_tensor, to_integer  # noqa: E402
 from unirain_data.bundled_photos import BUNDLED_PHOTOS, bundled_photo_path  # noqa: E402
 from unirain_data.distilled_dataset import DistilledRainDataset  # noqa: E402
 from unirain_data.rain_synthesis import synthesize_pair  # noqa: E402
@@ -107,20 +107,17 @@ def training_bank(args):
 
 
 def validation_set(args):
-    """(name, rainy, target) BGR float images: the demo's fixed validation rain of this type."""
+    """(name, rainy, target) RGB (3, H, W) tensors: the demo's fixed validation rain of this type."""
     dataset = DistilledRainDataset({
         'name': f'val_{args.type}', 'phase': 'val', 'type': 'DistilledRainDataset', 'types': [args.type.lower()],
         'synthesize': {'bundled': args.val_photos.split(','), 'seed': args.val_seed}})
-    bgr = lambda tensor: tensor.numpy().transpose(1, 2, 0)[..., ::-1].copy()  # noqa: E731
-    return [(osp.basename(s['lq_path']), bgr(s['lq']), bgr(s['gt'])) for s in (dataset[i] for i in range(len(dataset)))]
-
-
-def to_uint8(image):
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return [(osp.basename(s['lq_path']), s['lq'], s['gt']) for s in (dataset[i] for i in range(len(dataset)))]
 
 
 def mean_psnr(pairs):
-    return float(np.mean([calculate_psnr(to_uint8(a), to_uint8(b), crop_border=0) for a, b in pairs]))
+    """Mean PSNR over (output, target) pairs of (3, H, W) tensors, on uint8 images rounded like tensor2img."""
+    uint8 = lambda tensor: to_integer(tensor.numpy().transpose(1, 2, 0))  # noqa: E731
+    return float(np.mean([calculate_psnr(uint8(a), uint8(b), crop_border=0) for a, b in pairs]))
 
 
 def main(argv=None):
@@ -146,16 +143,14 @@ def main(argv=None):
         rainy, target = torch.rot90(rainy, turns, (2, 3)), torch.rot90(target, turns, (2, 3))
         if random.random() < 0.5:
             rainy, target = rainy.flip(3), target.flip(3)
-        output = net(rainy)
-        loss = criterion(output[0] if isinstance(output, (tuple, list)) else output, target)
+        loss = criterion(net(rainy), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
         if it % args.eval_every == 0 or it == args.iters:
             net.eval()
-            with torch.no_grad():
-                psnr = mean_psnr([(derain_image(net, rainy_val), target_val) for _, rainy_val, target_val in val])
+            psnr = mean_psnr([(derain_tensor(net, rainy_val[None])[0], target_val) for _, rainy_val, target_val in val])
             net.train()
             checks.append({'iter': it, 'seconds': round(time.time() - start, 1), 'train_loss': loss.item(),
                            'psnr': psnr, 'gain': psnr - input_psnr})
