@@ -12,12 +12,12 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.9',
-    packages=find_packages(include=['unirain_arch*', 'unirain_losses*', 'unirain_data*']),
+    packages=find_packages(include=['unirain_arch*', 'unirain_losses*', 'unirain_data*', 'unirain_utils*']),
     include_package_data=True,
     install_requires=[
         'basicsr==1.4.2',
-        'torch>=2.1',
-        'torchvision>=0.16',
+        'torch>=2.6',  # 2.6 made weights-only checkpoint loading the default (unirain also asks for it)
+        'torchvision>=0.21',  # the torchvision of torch 2.6
         'numpy',
         'lmdb',
         'opencv-python',  # basicsr needs it; never add opencv-python-headless beside it (both own cv2/)
@@ -41,11 +41,12 @@ setup(
         'test': ['pytest>=7'],
     },
     entry_points={
-        'console_scripts': ['basicsr = unirain_arch.cli:main'],
+        'console_scripts': ['basicsr = unirain_utils.cli:main'],
         'basicsr.plugins': [
             'unirain_arch = unirain_arch',
             'unirain_losses = unirain_losses',
             'unirain_data = unirain_data',
+            'unirain_metrics = unirain_utils.lpips_metric',
         ],
     },
     classifiers=[

@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from unirain_utils.cli import load_plugins
+
+# Tests run basicsr's pipelines in-process: patch basicsr and register every plugin, as the `basicsr` command does.
+load_plugins()
+
 # ../shared (real data, read-only) sits beside the checkout on development machines and in CI; users lack it.
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 

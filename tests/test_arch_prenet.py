@@ -64,7 +64,7 @@ def test_official_weights_load_unchanged_through_pretrain_network_g():
 
 @needs_shared
 def test_official_rain100l_weights_derain_real_pairs():
-    """Every 20th of the 200 pairs, 128x128 centre crops (tools/eval_prenet_official.py runs all 200)."""
+    """Every 20th of the 200 pairs, 128x128 centre crops (options/test_PReNet_Rain100L.yml runs all 200)."""
     net = PReNet()
     net.load_state_dict(torch.load(WEIGHTS, map_location='cpu', weights_only=True))
     net.eval()

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from unirain_arch.compat import load_options
+from unirain_utils.options import load_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OPT = ROOT / 'tests' / 'options' / 'train_SwinIR_tiny.yml'
-BASICSR = [sys.executable, '-m', 'unirain_arch.cli']
+BASICSR = [sys.executable, '-m', 'unirain_utils.cli']
 
 
 def run(args, cwd, env=None, check=True):

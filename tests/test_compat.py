@@ -1,4 +1,4 @@
-"""Each basicsr patch in unirain_arch.compat: still needed by the installed basicsr, applied, and working.
+"""Each basicsr patch in unirain_utils.compat: still needed by the installed basicsr, applied, and working.
 
 These tests fail loudly when basicsr changes under a patch (a new release fixing or moving a target).
 """
@@ -12,8 +12,7 @@ import pytest
 import torch
 import yaml
 
-import unirain_arch  # noqa: F401  (applies the patches)
-from unirain_arch import compat
+from unirain_utils import compat, resume  # compat is applied by conftest.py, as the basicsr command applies it
 
 
 def test_targets_the_pinned_basicsr():
@@ -83,7 +82,7 @@ def test_resume_state_loads_on_cpu(tmp_path):
     loaded = train.load_resume_state(opt)
     assert loaded['iter'] == 8 and loaded['schedulers'][0]['milestones'] == collections.Counter({100: 1})
     assert opt['path']['pretrain_network_g'].endswith('net_g_8.pth')  # basicsr's check_resume ran
-    assert compat._resume_point == (1, 8)
+    assert resume._resume_point == (1, 8)
     opt['path']['resume_state'] = str(tmp_path / 'missing.state')
     with pytest.raises(FileNotFoundError, match='missing.state'):
         train.load_resume_state(opt)
@@ -129,3 +128,26 @@ def test_dist_validation_uses_the_bare_net():
     from basicsr.models.sr_model import SRModel
     assert SRModel.dist_validation is compat._dist_validation
     assert 'if self.opt[\'rank\'] == 0:' in inspect.getsource(compat._dist_validation)
+
+
+def test_validation_datasets_built_by_basicsr_reach_the_model():
+    import basicsr.train as train
+
+    class FakeModel:
+        def use_validation_datasets(self, datasets):
+            self.datasets = datasets
+
+    class Loader:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+    built = [object(), object()]
+    create = compat._keep_val_datasets(lambda opt, logger: (None, None, [Loader(d) for d in built], 1, 1))
+    build = compat._hand_val_datasets(lambda opt: FakeModel())
+    create({}, None)
+    model = build({})
+    assert model.datasets == built  # the very objects basicsr built: no second build
+    assert not hasattr(build({}), 'datasets')  # handed once, then dropped
+    # the patch wraps basicsr's own functions (fails loudly if basicsr renames them)
+    assert train.build_model.__name__ == 'build_model_with_val_datasets'
+    assert train.create_train_val_dataloader.__name__ == 'create_train_val_dataloader'

@@ -9,7 +9,7 @@ import torch
 from data_fixtures import basicsr_log  # noqa: F401  (a fixture)
 from data_fixtures import build, make_manifest, random_pixels, write_image, write_lines
 
-from unirain_data.image_io import BadImageError, decode_image
+from unirain_utils.image_io import BadImageError, decode_image
 from unirain_data.manifest import ManifestError
 
 

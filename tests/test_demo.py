@@ -6,7 +6,7 @@ import pytest
 
 import unirain_data  # noqa: F401  (registers DistilledRainDataset)
 from basicsr.data import build_dataset
-from unirain_arch.compat import load_options
+from unirain_utils.options import load_options
 from unirain_data.bundled_photos import BUNDLED_PHOTOS, bundled_photo_path
 from unirain_losses.progress_plot import ProgressPlot
 

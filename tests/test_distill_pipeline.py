@@ -298,7 +298,7 @@ def test_unreadable_candidate_error_or_skip(scripted, e2e, tmp_path):
     entries[1]['lq'] = str(bad)
     manifest = tmp_path / 'cands.jsonl'
     manifest.write_text(''.join(json.dumps(e) + '\n' for e in entries))
-    from unirain_data.image_io import BadImageError
+    from unirain_utils.image_io import BadImageError
     with pytest.raises(BadImageError, match='broken.png'):
         scripted['run']('bad-error', candidates={'manifest': str(manifest)})
     cfg, _ = scripted['run']('bad-skip', candidates={'manifest': str(manifest)},

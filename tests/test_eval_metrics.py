@@ -13,9 +13,9 @@ from tool_loader import load_tool
 import unirain_arch  # noqa: F401  (basicsr compat patches)
 from basicsr.metrics import calculate_metric
 from basicsr.utils.registry import METRIC_REGISTRY
-from unirain_arch.compat import load_options
-from unirain_arch.inference import to_integer
-from unirain_data import lpips_metric
+from unirain_utils.options import load_options
+from unirain_utils.image_io import to_integer
+from unirain_utils import lpips_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_OPTIONS = sorted(glob.glob(str(ROOT / 'options' / 'test_*.yml')))

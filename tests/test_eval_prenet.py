@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unirain_arch.compat import load_options
+from unirain_utils.options import load_options
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ('1', '2')
@@ -32,7 +32,7 @@ def test_official_prenet_through_basicsr_test(shared_data, tmp_path):
     opt['val'].update(save_img=False, pbar=False)
     (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt, sort_keys=False))
 
-    proc = subprocess.run([sys.executable, '-m', 'unirain_arch.cli', 'test', '-opt', 'opt.yml'], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, '-m', 'unirain_utils.cli', 'test', '-opt', 'opt.yml'], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

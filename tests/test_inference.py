@@ -10,8 +10,9 @@ import yaml
 from torch import nn
 
 from tool_loader import load_tool
-from unirain_arch.inference import (InferenceError, PadToMultiple, derain_image, derain_tensor, load_model,
-                                    load_state_dict, read_image, write_image)
+from unirain_arch.inference import InferenceError, derain_image, derain_tensor, load_model, load_state_dict
+from unirain_arch.padding import PadToMultiple
+from unirain_utils.image_io import read_image, write_image
 
 derain_cli = load_tool('derain')
 

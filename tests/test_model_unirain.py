@@ -17,7 +17,9 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import MessageLogger
 from basicsr.utils.registry import ARCH_REGISTRY
-from unirain_arch.compat import OptionLoader, load_options
+from unirain_losses.type_metrics import declared_type, sample_type
+from unirain_utils.cli import load_plugins
+from unirain_utils.options import OptionLoader, load_options
 
 TYPES = ('drs', 'drd', 'nrs', 'nrd')
 
@@ -207,7 +209,7 @@ def test_tur_learns_its_scales_in_its_own_param_group(tmp_path, data):
         model.optimize_parameters(step)
     assert (model.cri_pix.log_sigma.detach() != 0).all()
     assert {'l_wpix_drs', 'l_unc_nrd', 'w_drd'} <= set(model.get_current_log())
-    assert model.reweight_sets == []  # TUR needs no validation losses
+    assert model.reweight_sets is None  # TUR needs no validation losses: nothing was built for it
 
 
 def test_tur_reads_the_arch_uncertainty_map(tmp_path, data):
@@ -242,7 +244,7 @@ def test_configuration_errors_are_clear(tmp_path, data):
     opt = make_opt(tmp_path, data / 'val')
     opt['datasets'] = {k: v for k, v in opt['datasets'].items() if k != 'val_2'}
     with pytest.raises(ValueError, match='none for: nrs'):
-        build_model(opt)
+        build_model(opt).validation_sets()
     opt = make_opt(tmp_path, data / 'val')
     opt['val'] = None
     with pytest.raises(ValueError, match='val.val_freq'):
@@ -251,7 +253,7 @@ def test_configuration_errors_are_clear(tmp_path, data):
     opt['datasets']['val_0']['name'] = 'holdout'
     opt['datasets']['val_0']['rain_type'] = 'rain'
     with pytest.raises(ValueError, match="rain_type 'rain'"):
-        build_model(opt)
+        build_model(opt).validation_sets()
 
     model = build_model(make_opt(tmp_path, data / 'val', pixel_opt={'type': 'UniformTypeLoss'}))
     batch = next(train_batches(data / 'train', 4, 1))
@@ -261,13 +263,26 @@ def test_configuration_errors_are_clear(tmp_path, data):
         model.optimize_parameters(1)
 
 
-def test_dataset_type_from_option_or_name(tmp_path, data):
-    model = build_model(make_opt(tmp_path, data / 'val', pixel_opt={'type': 'UniformTypeLoss'}))
-    assert model.dataset_type({'name': 'RainRAG-NRD-test'}) == 3
-    assert model.dataset_type({'name': 'val_drs'}) == 0
-    assert model.dataset_type({'name': 'holdout', 'rain_type': 'DRD'}) == 1
-    assert model.dataset_type({'name': 'drs_and_nrs'}) is None  # ambiguous
-    assert model.dataset_type({'name': 'drsx'}) is None  # a word, not a substring
+def test_a_validation_set_declares_its_type_never_by_its_name():
+    names = ['drs', 'drd', 'nrs', 'nrd']
+    assert declared_type({'name': 'holdout', 'rain_type': 'DRD'}, names) == 1
+    assert declared_type({'name': 'val_drs'}, names) is None  # a name is not a declaration
+    assert sample_type({'type_id': torch.tensor([2])}, {'name': 'x', 'rain_type': 'drs'}, names) == 2  # samples win
+
+
+def test_coba_reuses_the_validation_datasets_basicsr_built(tmp_path, data, monkeypatch):
+    opt = make_opt(tmp_path, data / 'val')
+    model = build_model(opt)
+    datasets = [build_dataset(o) for phase, o in opt['datasets'].items() if phase.startswith('val')]
+    model.use_validation_datasets(datasets)
+    import unirain_losses.unirain_model as module
+
+    def no_second_build(dataset_opt):
+        raise AssertionError(f'validation dataset {dataset_opt["name"]} built a second time')
+    monkeypatch.setattr(module, 'build_dataset', no_second_build)
+    model.update_reweighting(model.coba_freq)
+    assert [d for d, _ in model.validation_sets()] == datasets
+    assert all(v is not None for v in model.val_type_losses)
 
 
 def test_tiled_test_matches_the_whole_image(tmp_path, data):
@@ -326,6 +341,7 @@ def test_option_files_build_and_differ_only_in_the_strategy(tmp_path, data):
 
 def ddp_worker(rank, world_size, port, root, out):
     """One rank of a 2-process gloo group: what every rank must agree on after init and after training."""
+    load_plugins()  # a spawned rank starts afresh: what the `basicsr` command does in each process
     torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                                          world_size=world_size)
     torch.manual_seed(100 + rank)  # basicsr seeds each rank with manual_seed + rank

@@ -77,7 +77,7 @@ def write_layout(root, count, size, seed):
 
 
 def train(cwd, option_file, resume=False):
-    args = [sys.executable, '-m', 'unirain_arch.cli', 'train', '-opt', str(option_file)]
+    args = [sys.executable, '-m', 'unirain_utils.cli', 'train', '-opt', str(option_file)]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.Popen(args + (['--auto_resume'] if resume else []), cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tool_loader import load_tool
-from unirain_arch.inference import to_integer  # unirain first: it makes basicsr importable
+from unirain_utils.image_io import to_integer  # unirain first: it makes basicsr importable
 from unirain_data.bundled_photos import bundled_photo_path
 from basicsr.metrics import calculate_psnr
 from unirain_data.rain_synthesis import synthesize_pair

@@ -1,7 +1,7 @@
 """Derain photos: a file, a folder or a glob, with any registered checkpoint, on CPU or GPU.
 
-    python tools/derain.py --input photos/ --output derained/ --opt options/test_UniRain.yml
-    python tools/derain.py --input 'shots/*.jpg' --output out/ --ckpt net_g_latest.pth --arch UniRain --preset small
+    python tools/derain.py --input photos/ --output derained/ --model options/test_UniRain.yml
+    python tools/derain.py --input 'shots/*.jpg' --output out/ --model net_g_latest.pth:UniRain,preset=small
     python tools/derain.py --input big.png --output out/ --opt options/test_PReNet_Rain100L.yml --device cuda --half
 
 Names and formats are kept (PNG/JPEG/WebP/BMP/TIFF; a 16-bit PNG stays 16-bit; gray stays gray; alpha is
@@ -12,7 +12,8 @@ import argparse
 import sys
 import time
 
-from unirain_arch.inference import InferenceError, derain_paths, load_model
+from unirain_arch.inference import MODEL_SPEC_HELP, InferenceError, load_model, parse_model_spec
+from unirain_utils.photo_batch import PhotoBatchError, derain_paths
 
 
 def parse_args(argv=None):
@@ -22,7 +23,9 @@ def parse_args(argv=None):
     parser.add_argument('--input', '-i', nargs='+', required=True,
                         help='image files, folders or glob patterns (quote patterns)')
     parser.add_argument('--output', '-o', required=True, help='output folder (file names are kept)')
-    weights = parser.add_argument_group('model (an option file, or a checkpoint plus an arch)')
+    weights = parser.add_argument_group('model: --model SPEC, as in tools/compare.py (or the equivalent '
+                                        '--opt FILE / --ckpt CKPT --arch NAME [--preset P])')
+    weights.add_argument('--model', metavar='SPEC', help=MODEL_SPEC_HELP)
     weights.add_argument('--opt', help='BasicSR option file: network_g and path.pretrain_network_g')
     weights.add_argument('--ckpt', help='checkpoint: BasicSR (params / params_ema) or a plain state dict; '
                                         'overrides the option file\'s path.pretrain_network_g')
@@ -44,9 +47,11 @@ def parse_args(argv=None):
     out.add_argument('--quality', type=int, default=95, help='JPEG/WebP quality (default 95)')
     out.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-    if not args.opt and not args.arch:
-        parser.error('give --opt OPTION_FILE, or --ckpt CKPT with --arch NAME')
-    if not args.opt and not args.ckpt:
+    if args.model and (args.opt or args.arch or args.preset):
+        parser.error('give either --model SPEC or --opt / --arch, not both')
+    if not args.model and not args.opt and not args.arch:
+        parser.error('give --model SPEC (e.g. --model net_g.pth:UniRain,preset=small or --model OPTION.yml)')
+    if not args.model and not args.opt and not args.ckpt:
         parser.error('--arch needs --ckpt (a checkpoint to load)')
     if args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         parser.error(f'--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}')
@@ -71,19 +76,22 @@ def main(argv=None):
 
     args = parse_args(argv)
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
-    network = args.opt
-    if network is None:
-        network = {'type': args.arch}
-        if args.preset:
-            network['preset'] = args.preset
     dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else None
     try:
-        net = load_model(args.ckpt, network, device=device, param_key=args.param_key)
+        if args.model:
+            checkpoint, network = parse_model_spec(args.model)
+            if checkpoint is None and not isinstance(network, str):
+                raise InferenceError(f'--model {args.model}: derain needs weights (CKPT:ARCH or an option file)')
+            checkpoint = args.ckpt or checkpoint
+        else:
+            checkpoint = args.ckpt
+            network = args.opt or {'type': args.arch, **({'preset': args.preset} if args.preset else {})}
+        net = load_model(checkpoint, network, device=device, param_key=args.param_key)
         start = time.perf_counter()
         report = derain_paths(net, args.input, args.output, tile_size=args.tile or None, tile_overlap=args.overlap,
                               dtype=dtype, recursive=args.recursive, skip_existing=args.skip_existing,
                               quality=args.quality, progress=not args.quiet)
-    except InferenceError as exc:
+    except (InferenceError, PhotoBatchError) as exc:
         print(f'derain: error: {exc}', file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""RAG-based dataset distillation (METHOD.md section 4): keep the candidate pairs whose rain looks real.
+"""RAG-based dataset distillation (docs/method.md section 4): keep the candidate pairs whose rain looks real.
 
     python tools/distill.py build-refs -opt options/distill_UniRain.yml          # reference database
     python tools/distill.py score -opt options/distill_UniRain.yml               # score, merge, report
@@ -22,7 +22,7 @@ from unirain_data.distillation.config import ConfigError, load_config, require  
 from unirain_data.distillation.prompt import PromptError  # noqa: E402
 from unirain_data.distillation.reference_db import ReferenceDBError  # noqa: E402
 from unirain_data.distillation.weights import MissingWeightsError  # noqa: E402
-from unirain_data.image_io import BadImageError  # noqa: E402
+from unirain_utils.image_io import BadImageError  # noqa: E402
 from unirain_data.manifest import ManifestError  # noqa: E402
 
 USER_ERRORS = (ConfigError, PromptError, ReferenceDBError, MissingWeightsError, pipeline.WorkDirError, BadImageError,

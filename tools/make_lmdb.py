@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from unirain_data.image_io import BadImageError
+from unirain_utils.image_io import BadImageError
 from unirain_data.lmdb_builder import build_lmdb
 from unirain_data.manifest import ManifestError, entries_from_layout, resolve_path, scan_manifest
 

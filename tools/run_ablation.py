@@ -1,5 +1,8 @@
 """The ablation a user can rerun: does MoE + CoBa beat uniform weights and a dense backbone on four rain types?
 
+Also the harness for comparing reweighting strategies at an equal budget (``--configs
+unirain_coba,unirain_uniform,unirain_tur``: same arch, data, batches and initialisation; only the strategy differs).
+
 One fixed four-type training set (real Rain100L training pairs for DRS; DRD / NRS / NRD synthesised on Kodak24),
 one fixed iteration budget, several configurations trained with ``basicsr train``, each evaluated on the same
 held-out test images (per-type, average and worst-type PSNR, RGB and Y). Everything lands in ``--out``:
@@ -7,8 +10,8 @@ held-out test images (per-type, average and worst-type PSNR, RGB and Y). Everyth
 ``experiments/`` (BasicSR's folders), ``report/`` (compare.py's tables, JSON and grids), ``ablation.md`` (per-type,
 average and worst-type PSNR-RGB) and ``ablation.json`` (budget, training seconds, table, every result).
 
-    python tools/run_ablation.py --shared ../shared/data --out ablation --threads 1        # CPU, ~25 min per config
-    python tools/run_ablation.py --shared ../shared/data --out ablation_gpu --preset small --iters 20000 --num-gpu 1
+    python tools/run_ablation.py --data-root datasets --out ablation --threads 1        # CPU, ~25 min per config
+    python tools/run_ablation.py --data-root datasets --out ablation_gpu --preset small --iters 20000 --num-gpu 1
 
 Rerunning the same command resumes: finished configurations are not retrained, interrupted ones resume.
 """
@@ -27,16 +30,19 @@ sys.path.insert(0, ROOT)
 
 from unirain_data.manifest import (ManifestEntry, natural_key, read_manifest, resolve_path,  # noqa: E402
                                    write_manifest)
-from unirain_data.rain_types import RAIN_TYPES  # noqa: E402
+from unirain_utils.rain_types import RAIN_TYPES  # noqa: E402
 
 # name: (arch, strategy, arch overrides)
 CONFIGS = {
     'unirain_coba': ('UniRain', 'CoBaLoss', {}),
     'unirain_uniform': ('UniRain', 'UniformTypeLoss', {}),
+    'unirain_tur': ('UniRain', 'TURLoss', {}),
     'dense_coba': ('UniRainDense', 'CoBaLoss', {}),
     'unirain_softdec_coba': ('UniRain', 'CoBaLoss', {'latent_mode': 'soft', 'decoder_mode': 'soft',
                                                       'refinement_mode': 'soft'}),
 }
+# the ablation of the paper's claims; unirain_tur (the other reweighting strategy) runs when asked for
+DEFAULT_CONFIGS = ('unirain_coba', 'unirain_uniform', 'dense_coba', 'unirain_softdec_coba')
 # Rain100L training pairs 1..200: DRS train / val / test; Kodak24: images per split for the synthetic types.
 DRS_SPLIT = {'train': range(1, 171), 'val': range(171, 181), 'test': range(181, 201)}
 KODAK_VAL, KODAK_TEST = 2, 4
@@ -160,9 +166,11 @@ def summary_markdown(table):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--shared', required=True, help='folder with rain100l_train/ and kodak24/')
+    parser.add_argument('--data-root', '--shared', dest='shared', required=True,
+                        help='folder with rain100l_train/{rainy,clean}/ and kodak24/ (e.g. datasets/)')
     parser.add_argument('--out', required=True, help='output folder (data, options, experiments, results)')
-    parser.add_argument('--configs', default=','.join(CONFIGS), help=f'comma-separated subset of {list(CONFIGS)}')
+    parser.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
+                        help=f'comma-separated subset of {list(CONFIGS)} (default: all but unirain_tur)')
     parser.add_argument('--preset', default='tiny', help='UniRain / UniRainDense preset (small or paper on a GPU)')
     parser.add_argument('--iters', type=int, default=3000, help='training iterations per configuration')
     parser.add_argument('--batch', type=int, default=8, help='batch size')

@@ -21,7 +21,6 @@ import random
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 import yaml
@@ -34,11 +33,12 @@ import unirain_data  # noqa: E402,F401  (registers DistilledRainDataset)
 from basicsr.losses import build_loss  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
-from unirain_arch.inference import derain_tensor, to_integer  # noqa: E402
+from unirain_arch.inference import derain_tensor  # noqa: E402
 from unirain_data.bundled_photos import BUNDLED_PHOTOS, bundled_photo_path  # noqa: E402
 from unirain_data.distilled_dataset import DistilledRainDataset  # noqa: E402
 from unirain_data.rain_synthesis import synthesize_pair  # noqa: E402
-from unirain_data.rain_types import type_id, type_name  # noqa: E402
+from unirain_utils.image_io import imread_bgr, to_integer  # noqa: E402
+from unirain_utils.rain_types import type_id, type_name  # noqa: E402
 
 
 def key_values(items, flag):
@@ -89,7 +89,7 @@ def parse_args(argv=None):
 def training_bank(args):
     """(N, 3, crop, crop) RGB tensors of rainy inputs and targets, from random crops of the training photos."""
     rng = np.random.default_rng(args.seed)
-    photos = [cv2.imread(bundled_photo_path(n)).astype(np.float32) / 255 for n in args.train_photos.split(',')]
+    photos = [imread_bgr(bundled_photo_path(n)) for n in args.train_photos.split(',')]
     for name, photo in zip(args.train_photos.split(','), photos):
         if min(photo.shape[:2]) < args.crop:
             raise SystemExit(f'--crop {args.crop} is larger than photo {name} ({photo.shape[1]}x{photo.shape[0]})')

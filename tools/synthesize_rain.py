@@ -2,7 +2,7 @@
 
 Folder mode splits the images (not the pairs) into train/val/test, so no clean scene is in two splits:
 
-    python tools/synthesize_rain.py --input ../shared/data/kodak24 --out datasets/kodak4type --val 2 --test 4
+    python tools/synthesize_rain.py --input datasets/kodak24 --out datasets/kodak4type --val 2 --test 4
 
 writes OUT/{train,val,test}/{drs,drd,nrs,nrd}/{input,target}/NAME.png and one manifest per split,
 OUT/{split}.jsonl, with paths relative to OUT. Train with `dataroot: OUT/train` or `manifest: OUT/train.jsonl`.
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from unirain_data.manifest import SPLITS, ManifestEntry, write_manifest  # noqa: E402
 from unirain_data.rain_synthesis import synthesize_pair  # noqa: E402
-from unirain_data.rain_types import RAIN_TYPES, type_id, type_name  # noqa: E402
+from unirain_utils.image_io import IMAGE_EXTENSIONS, imread_bgr, is_image_file, write_image  # noqa: E402
+from unirain_utils.rain_types import RAIN_TYPES, type_id, type_name  # noqa: E402
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def split_size(text):
@@ -89,20 +89,6 @@ def parse_args(argv=None):
     return args
 
 
-def read_image(path):
-    """BasicSR convention: (H, W, 3) float32 BGR in [0, 1]."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f'cannot read image {path}')
-    return image.astype(np.float32) / 255.0
-
-
-def write_image(path, image):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(str(path), (np.clip(image, 0, 1) * 255.0).round().astype(np.uint8)):
-        raise OSError(f'cannot write image {path} (is the extension an image format?)')
-
-
 def prepare(image, path, resize, crop, rng):
     """Resize the short side to ``resize``, then a random ``crop`` x ``crop`` square."""
     if resize:
@@ -127,7 +113,7 @@ def image_seed(seed, name, *more):
 def list_images(folder):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'input folder not found: {folder}')
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(p for p in Path(folder).iterdir() if is_image_file(p.name) and p.is_file())
     if not paths:
         raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
     stems = {}
@@ -160,7 +146,7 @@ def make_set(args):
     entries = {split: [] for split in SPLITS}
     with tqdm(total=len(paths) * args.variants * len(args.types), desc='synthesising', unit='pair') as bar:
         for path in paths:
-            split, clean = splits[path], read_image(path)
+            split, clean = splits[path], imread_bgr(path)
             for variant in range(args.variants):
                 name = path.stem if args.variants == 1 else f'{path.stem}_{variant:02d}'
                 crop_rng = np.random.default_rng(image_seed(args.seed, path.name, variant))
@@ -185,7 +171,7 @@ def make_set(args):
 
 def make_one(args):
     rng = np.random.default_rng(image_seed(args.seed, Path(args.image).name, 0))
-    clean = prepare(read_image(args.image), args.image, args.resize, args.crop, rng)
+    clean = prepare(imread_bgr(args.image), args.image, args.resize, args.crop, rng)
     rainy, target = synthesize_pair(clean, args.type, rng)
     write_image(args.out, rainy)
     print(f'{args.type} rain on {args.image} -> {args.out}')

@@ -2,8 +2,12 @@
 
 Both hold the same ``router`` and ``experts`` sub-modules, so a checkpoint trained with one routing mode
 loads into the other. After each forward the layer keeps its routing (logits, gates, picks) for logging
-and for the auxiliary losses; see ``routing()``.
+and for the auxiliary losses; see ``routing()``. ``keep_routing(module)`` stops its MoE layers from
+recording, for the recomputation of an activation checkpoint (the forward's routing must stay).
 """
+import contextlib
+
+import torch
 from torch import nn
 
 from unirain_arch.ffn import GatedFFN
@@ -21,11 +25,13 @@ class MixtureOfExperts(nn.Module):
         self.router = Router(dim, num_experts, 1.0 / num_experts if noise_std is None else noise_std)
         self.experts = nn.ModuleList(GatedFFN(dim, expansion, bias) for _ in range(num_experts))
         self.last_logits = self.last_probs = self.last_weights = self.last_experts = None
+        self.recording = True
 
     def _route(self, x):
         logits = self.router(x)
         probs = logits.float().softmax(dim=1)
-        self.last_logits, self.last_probs = logits, probs
+        if self.recording:
+            self.last_logits, self.last_probs = logits, probs
         return probs
 
     def routing(self):
@@ -52,10 +58,11 @@ class SoftMoE(MixtureOfExperts):
 class HardMoE(MixtureOfExperts):
     """Top-k routing with grouped dispatch (paper Eqs. 13-14).
 
-    Each expert runs once per forward on exactly the samples that picked it (gathered with
-    ``index_select``, scattered back with ``index_add_``), so at k=1 the layer costs about one expert.
-    A sample's result depends only on that sample: routing uses its own pooled feature and no batch
-    statistics. Experts no sample picked get no gradient in that step.
+    Each expert runs once per forward on exactly the samples that picked it, so at k=1 the layer costs
+    about one expert. The batch is grouped once per layer: the (sample, slot) picks are sorted by expert
+    and split by the per-expert counts, read in one device-to-host copy (on CUDA the layer's only host
+    synchronisation). A sample's result depends only on that sample: routing uses its own pooled feature
+    and no batch statistics. Experts no sample picked do not run and get no gradient in that step.
     """
 
     mode = 'hard'
@@ -69,20 +76,37 @@ class HardMoE(MixtureOfExperts):
 
     def forward(self, x):
         weights, experts = top_k_gates(self._route(x), self.top_k, self.renormalize)
-        self.last_weights, self.last_experts = weights, experts
-        weights = weights.to(x.dtype)
-        batch = x.shape[0]
-        out = None
-        for i, expert in enumerate(self.experts):
-            idx = (experts == i).any(dim=1).nonzero().flatten()
-            if idx.numel() == 0:
-                continue
-            if idx.numel() == batch:  # every sample picked it: no gather needed
-                y = expert(x) * weights[:, i, None, None, None]
-            else:
-                y = expert(x.index_select(0, idx)) * weights.index_select(0, idx)[:, i, None, None, None]
-            if out is None:
-                out = y.new_zeros((batch, *y.shape[1:]))
-            # unique indices within one call: deterministic even with CUDA atomics
-            out = out.index_add(0, idx, y)
+        if self.recording:
+            self.last_weights, self.last_experts = weights, experts
+        # A sample's k picks in increasing expert order: its k results are then summed in that order,
+        # the order of a loop over experts (same floats).
+        picks = experts.sort(dim=1).values.flatten()
+        gates = weights.to(x.dtype).gather(1, picks.view(-1, self.top_k)).flatten()
+        # stable: within one expert's group the samples keep their batch order
+        order = picks.argsort(stable=True)
+        counts = torch.bincount(picks, minlength=self.num_experts).tolist()
+        grouped = x.index_select(0, order // self.top_k).split(counts)
+        grouped_gates = gates.index_select(0, order).split(counts)
+        results = [expert(xs) * g[:, None, None, None]
+                   for expert, xs, g, n in zip(self.experts, grouped, grouped_gates, counts) if n]
+        # back to (sample, slot) order with a permutation (no atomics: deterministic on CUDA too)
+        slots = torch.cat(results).index_select(0, order.argsort())
+        slots = slots.view(x.shape[0], self.top_k, *slots.shape[1:])
+        out = slots[:, 0]
+        for slot in range(1, self.top_k):
+            out = out + slots[:, slot]
         return out
+
+
+@contextlib.contextmanager
+def keep_routing(module):
+    """Inside the ``with``, ``module``'s MoE layers compute as usual but keep the routing they recorded before."""
+    layers = [m for m in module.modules() if isinstance(m, MixtureOfExperts)]
+    states = [m.recording for m in layers]
+    for m in layers:
+        m.recording = False
+    try:
+        yield
+    finally:
+        for m, state in zip(layers, states):
+            m.recording = state

@@ -1,5 +1,6 @@
 """Pad an image batch so a U-Net can halve it repeatedly, and crop the result back."""
 import torch.nn.functional as F
+from torch import nn
 
 
 def pad_to_multiple(x, multiple):
@@ -20,3 +21,15 @@ def crop_to(x, size):
     """Crop (B, C, H', W') back to the top-left ``size = (H, W)``."""
     h, w = size
     return x[..., :h, :w]
+
+
+class PadToMultiple(nn.Module):
+    """Wrap a net that needs sizes divisible by ``multiple`` (BasicSR's SwinIR): pad, run, crop back."""
+
+    def __init__(self, net, multiple):
+        super().__init__()
+        self.net = net
+        self.multiple = int(multiple)
+
+    def forward(self, x):
+        return crop_to(self.net(pad_to_multiple(x, self.multiple)), x.shape[-2:])

@@ -1,4 +1,4 @@
-"""PReNet (Ren et al., CVPR 2019), the recurrent deraining baseline of BASELINES.md.
+"""PReNet (Ren et al., CVPR 2019), the recurrent deraining baseline of docs/method.md section 8.
 
 Parameter names follow the official release (``conv0.0.*``, ``res_conv{1..5}.{0,2}.*``,
 ``conv_{i,f,g,o}.0.*``, ``conv.0.*``), so its published weights load unchanged, e.g. with

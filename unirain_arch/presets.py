@@ -1,6 +1,6 @@
 """Named configurations of the UniRain networks, selected by ``preset:``; any other option overrides them.
 
-``paper`` is the architecture of METHOD.md section 1 with the unpublished MoE sizes tuned to the paper's
+``paper`` is the architecture of docs/method.md section 1 with the unpublished MoE sizes tuned to the paper's
 Table 3 (24.4 M parameters, 126.5 G multiply-adds on 1x3x256x256, counting only the experts that run).
 ``small`` is for CPU experiments, ``tiny`` for tests and smoke runs.
 """
@@ -20,6 +20,8 @@ BACKBONE_DEFAULTS = {
     'bias': False,
     'norm_bias': True,
     'uncertainty_head': False,
+    # recompute each transformer block's activations in backward: memory for time, same gradients
+    'checkpointing': False,
 }
 
 # What UniRain adds: where the MoE layers sit, their size and their routing.

@@ -1,4 +1,4 @@
-"""UniRain: a Restormer-style 4-level U-Net whose FFNs are mixtures of experts (METHOD.md section 1).
+"""UniRain: a Restormer-style 4-level U-Net whose FFNs are mixtures of experts (docs/method.md section 1).
 
 Registered in BasicSR's ARCH_REGISTRY as ``UniRain`` and ``UniRainDense`` (the same backbone with plain
 FFNs: the "what does the MoE buy" ablation and a Restormer stand-in).
@@ -46,7 +46,7 @@ class Upsample(nn.Sequential):
 
 
 class UncertaintyHead(nn.Sequential):
-    """Positive per-pixel map for TUR (TUR.md, ``uncertainty: arch``); starts at exactly 1 everywhere.
+    """Positive per-pixel map for TUR (docs/method.md section 3, ``uncertainty: arch``); starts at exactly 1 everywhere.
 
     The last conv starts at zero weight and bias softplus^-1(1), so the TUR loss starts as the plain L1.
     """
@@ -87,6 +87,9 @@ class UniRain(nn.Module):
         uncertainty_head: also predict a positive (B, out_channels, H, W) map, ``last_uncertainty`` (TUR).
         bias: bias in the convs of attention and FFNs.
         norm_bias: LayerNorm with bias (True) or scale-only (False).
+        checkpointing: activation checkpointing per transformer block in training: activations are
+            recomputed in the backward pass (less memory, about one more forward); same gradients, same
+            routing (the router noise repeats). Weights are the same with or without it.
 
     After a forward: ``last_routing`` (one dict per MoE layer: name, mode, gates (B, N), experts (B, k)
     or None), ``auxiliary_losses(type_ids)`` and ``last_uncertainty``.
@@ -113,6 +116,8 @@ class UniRain(nn.Module):
         dim = opt['dim']
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
             raise ValueError(f'{arch}: dim must be a positive even integer (downsampling halves it), got {dim!r}')
+        if not isinstance(opt['checkpointing'], bool):
+            raise ValueError(f'{arch}: checkpointing must be true or false, got {opt["checkpointing"]!r}')
         widths = [dim, dim * 2, dim * 4, dim * 8]
         for level, (width, h) in enumerate(zip(widths, heads)):
             if width % h:
@@ -135,7 +140,8 @@ class UniRain(nn.Module):
                 else:
                     ffn = HardMoE(width, opt['num_experts'], expert_expansion[level], opt['bias'],
                                   opt['router_noise'], opt['top_k'], opt['renormalize_topk'])
-                blocks.append(TransformerBlock(width, heads[level], ffn, opt['bias'], opt['norm_bias']))
+                blocks.append(TransformerBlock(width, heads[level], ffn, opt['bias'], opt['norm_bias'],
+                                               opt['checkpointing']))
             return nn.Sequential(*blocks)
 
         # Registration order = data-flow order, so ``last_routing`` lists layers from input to output.
@@ -161,7 +167,7 @@ class UniRain(nn.Module):
         self.uncertainty = UncertaintyHead(widths[1], opt['out_channels']) if opt['uncertainty_head'] else None
 
         self.last_uncertainty = None
-        # unchosen experts get no gradient in a step; DDP must be told (read by unirain_arch.compat)
+        # unchosen experts get no gradient in a step; DDP must be told (read by unirain_utils.compat)
         self.ddp_find_unused_parameters = any(isinstance(m, HardMoE) for m in self.modules())
 
     def forward(self, x):
@@ -224,7 +230,7 @@ class UniRainDense(UniRain):
 
     ``preset: paper`` is Restormer's configuration (about 26.1 M parameters). Takes the backbone keys of
     UniRain (preset, inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
-    ffn_expansion_factor, bias, norm_bias, uncertainty_head); MoE keys are rejected.
+    ffn_expansion_factor, bias, norm_bias, uncertainty_head, checkpointing); MoE keys are rejected.
     """
 
     _moe = False

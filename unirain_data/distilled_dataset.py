@@ -17,10 +17,10 @@ from torch.utils import data
 
 from unirain_data import lmdb_clients
 from unirain_data.bundled_photos import bundled_photo_path
-from unirain_data.image_io import BadImageError, decode_image, match_pair, to_bgr
-from unirain_data.manifest import (IMAGE_EXTENSIONS, ManifestError, entries_from_layout, natural_key, resolve_path,
+from unirain_data.manifest import (ManifestError, entries_from_layout, natural_key, resolve_path,
                                    scan_manifest)
-from unirain_data.rain_types import RAIN_TYPES, type_id, type_name
+from unirain_utils.image_io import IMAGE_EXTENSIONS, BadImageError, decode_image, is_image_file, match_pair, to_bgr
+from unirain_utils.rain_types import RAIN_TYPES, type_id, type_name
 
 VERDICT_FILTERS = ('real', 'kept', 'rejected', 'unjudged')  # 'unjudged': verdict null
 DEFAULT_VERDICTS = ('real', 'kept', 'unjudged')
@@ -28,8 +28,8 @@ DEFAULT_VERDICTS = ('real', 'kept', 'unjudged')
 MAX_CONSECUTIVE_BAD = 100
 _OWN_KEYS = {'type', 'name', 'phase', 'dataroot', 'manifest', 'types', 'sources', 'verdicts', 'splits', 'io_backend',
              'gt_size', 'use_hflip', 'use_rot', 'type_balanced', 'on_bad_sample', 'synthesize'}
-# Keys basicsr itself reads from a dataset block (loader, sampler, prefetcher).
-_LOADER_KEYS = {'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory',
+# Keys basicsr itself, or UniRainModel's per-type validation (rain_type), reads from a dataset block.
+_LOADER_KEYS = {'rain_type', 'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory',
                 'persistent_workers', 'num_prefetch_queue', 'use_shuffle', 'scale'}
 _SYNTH_KEYS = {'clean_root', 'bundled', 'seed'}
 
@@ -63,7 +63,7 @@ def _images_under(root):
         raise FileNotFoundError(f'synthesize.clean_root: folder not found: {root}')
     found = []
     for folder, _, names in os.walk(root):
-        found += [os.path.join(folder, name) for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+        found += [os.path.join(folder, name) for name in names if is_image_file(name)]
     if not found:
         raise FileNotFoundError(f'synthesize.clean_root: no images ({", ".join(IMAGE_EXTENSIONS)}) under {root}')
     return sorted(found, key=natural_key)
@@ -339,6 +339,11 @@ class DistilledRainDataset(data.Dataset):
                 else f'{len(self.samples)} pairs {dict(counts)}')
         self.logger.info(f'DistilledRainDataset ({self.phase}, {self.backend}): {what}'
                          f'{", type-balanced" if self.balanced else ""}; {len(self)} samples per epoch')
+
+    @property
+    def type_ids(self):
+        """Sorted ids of the rain types this dataset's samples carry (what a per-type validation covers)."""
+        return list(self.types) if self.synth else sorted(self._pool_of)
 
     # ----- sampling ----------------------------------------------------------------------------------------
     def __len__(self):

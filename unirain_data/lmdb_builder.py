@@ -20,7 +20,7 @@ from typing import NamedTuple
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from tqdm import tqdm
 
-from unirain_data.image_io import BadImageError, decode_image, match_pair
+from unirain_utils.image_io import BadImageError, decode_image, match_pair
 from unirain_data.manifest import ManifestEntry, file_stem, write_manifest
 
 LMDB_NAMES = {'lq': 'lq.lmdb', 'gt': 'gt.lmdb'}

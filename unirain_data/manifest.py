@@ -14,16 +14,16 @@ Fields of a line (see the README, "Manifest format"):
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional
 
-from unirain_data.rain_types import RAIN_TYPES
+from unirain_utils.files import atomic_open
+from unirain_utils.image_io import is_image_file
+from unirain_utils.rain_types import RAIN_TYPES
 
 SPLITS = ('train', 'val', 'test')
 VERDICTS = ('real', 'kept', 'rejected')
 _FIELDS = ('lq', 'gt', 'type', 'source', 'split', 'verdict', 'score')
-IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
 # The common folder layout: ROOT/<type, lower case>/{input,target}/ with matching file names.
 LAYOUT_INPUT, LAYOUT_TARGET = 'input', 'target'
 
@@ -123,19 +123,11 @@ def read_manifest(path):
 
 def write_manifest(path, entries: Iterable[ManifestEntry]):
     """Write atomically: the file is either the old one or the complete new one, never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.manifest-', suffix='.tmp')
     count = 0
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            for entry in entries:
-                f.write(json.dumps(entry.to_dict(), ensure_ascii=False) + '\n')
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path, 'w', encoding='utf-8') as f:
+        for entry in entries:
+            f.write(json.dumps(entry.to_dict(), ensure_ascii=False) + '\n')
+            count += 1
     return count
 
 
@@ -156,7 +148,7 @@ def list_images(folder):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f'image folder not found: {folder}')
     names = [name for name in os.listdir(folder)
-             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))]
+             if is_image_file(name) and os.path.isfile(os.path.join(folder, name))]
     return [os.path.join(folder, name) for name in sorted(names, key=natural_key)]
 
 

@@ -1,13 +1,17 @@
 """Night rendering of a daytime photo: low light, street lights with a colour cast, glow, and sensor noise.
 
 The scene is relit in linear light: a dim ambient (sky glow / moonlight) plus pools of light from a few
-street lamps, some visible as small saturated cores that bloom. Noise is a separate step because it is a
-degradation of the rainy input, not part of the clean night target. Sizes are in pixels (see rain_streaks.py).
+street lamps, some visible as small saturated cores that bloom, and many small distant lights (windows, cars).
+Lights stand on the scene, never in the sky of the day photo, and lamps do not light the sky (it is far away).
+Noise is a separate step because it is a degradation of the rainy input, not part of the clean night target.
+Sizes are in pixels (see rain_streaks.py).
 """
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from unirain_data.rain_statistics import sky_mask
 
 DISPLAY_GAMMA = 2.2
 # BGR colours of the light sources a night scene mixes
@@ -34,13 +38,15 @@ class NightConfig:
     max_mean_light: float = 0.06         # lamps are dimmed together so their mean illuminance stays below this
     rain_scatter: tuple = (1.5, 3.0)     # how much brighter falling rain is than a white wall under the same light
     lamp_radius: tuple = (1.5, 4.5)      # radius of a lamp seen in the image, pixels
+    distant_lights: tuple = (20.0, 60.0)  # small lights without a pool of their own, per megapixel
+    distant_radius: tuple = (1.0, 2.2)   # their radius in the image, pixels
     casts: tuple = ('sodium', 'blue', 'mixed')  # colour casts to choose from (keys of CASTS)
     tone: tuple = (1.0, 1.3)             # extra power of the tone curve; above 1 crushes the shadows
     glow_threshold: tuple = (0.3, 0.6)   # linear level above which light blooms
     glow_sigma: tuple = (8.0, 24.0)      # size of the glow around lights, pixels (a wider halo is 3x this)
     glow_strength: tuple = (0.6, 1.4)    # glow brightness
-    shot_noise: tuple = (0.0005, 0.004)  # Poisson part: noise variance per unit of linear signal
-    read_noise: tuple = (0.0005, 0.003)  # Gaussian part: noise standard deviation, linear
+    shot_noise: tuple = (0.0, 0.0006)    # Poisson part: noise variance per unit of linear signal
+    read_noise: tuple = (0.0, 0.0006)    # Gaussian part: noise standard deviation, linear
 
 
 @dataclass
@@ -69,10 +75,20 @@ def _smooth_blur(image, sigma):
     return cv2.resize(small, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _below_the_sky(lx, ly, sky):
+    """A lamp drawn inside the frame over the sky moves down its column to the first pixel of the scene."""
+    height, width = sky.shape
+    if not (0 <= lx < width and 0 <= ly < height) or not sky[int(ly), int(lx)]:
+        return ly
+    rows = np.flatnonzero(~sky[int(ly):, int(lx)])
+    return float(int(ly) + rows[0]) if len(rows) else float(height)  # all sky below: the lamp leaves the frame
+
+
 def render_night(clean, config, rng):
     """Relight ``clean`` (H, W, 3) BGR in [0, 1] as a night scene drawn from ``config``."""
     cfg = config
     height, width = clean.shape[:2]
+    sky = sky_mask(clean)
     ambient_colour, lamp_choices = CASTS[cfg.casts[int(rng.integers(len(cfg.casts)))]]
     lamps = np.zeros((height, width, 3), np.float32)
     emitted = np.zeros_like(lamps)
@@ -82,13 +98,21 @@ def render_night(clean, config, rng):
     for _ in range(max(1, rng.poisson(rng.uniform(*cfg.lights_per_area) * area / 256 ** 2))):
         colour = np.asarray(LAMP_COLOURS[lamp_choices[int(rng.integers(len(lamp_choices)))]], np.float32)
         lx, ly = rng.uniform(-margin, width + margin), rng.uniform(-margin, height + margin)
+        ly = _below_the_sky(lx, ly, sky)
         reach = rng.uniform(*cfg.light_reach)
         pool = _gaussian_pool(height, width, lx, ly + 0.5 * reach, reach)  # lamps hang above what they light
         lamps += rng.uniform(*cfg.light_strength) * pool[..., None] * colour
         core = _gaussian_pool(height, width, lx, ly, rng.uniform(*cfg.lamp_radius))
         emitted += 6.0 * np.clip(core * 1.6, 0, 1)[..., None] * colour
-    # many lamps would light the scene like day, so they are dimmed together
-    illuminance = lamps * min(1.0, cfg.max_mean_light / max(float(lamps.mean()), 1e-6))
+    # windows, cars, distant street lights: small cores anywhere on the scene, lighting nothing around them
+    scene = np.flatnonzero(~sky)
+    count = rng.poisson(rng.uniform(*cfg.distant_lights) * height * width / 1e6) if len(scene) else 0
+    for index in rng.choice(scene, count) if count else ():
+        colour = np.asarray(LAMP_COLOURS[lamp_choices[int(rng.integers(len(lamp_choices)))]], np.float32)
+        core = _gaussian_pool(height, width, index % width, index // width, rng.uniform(*cfg.distant_radius))
+        emitted += rng.uniform(2.0, 6.0) * np.clip(core * 1.6, 0, 1)[..., None] * colour
+    # many lamps would light the scene like day, so they are dimmed together; the sky is out of their reach
+    illuminance = lamps * min(1.0, cfg.max_mean_light / max(float(lamps.mean()), 1e-6)) * ~sky[..., None]
     illuminance += rng.uniform(*cfg.ambient) * np.asarray(ambient_colour, np.float32)
     linear = clean.astype(np.float32) ** DISPLAY_GAMMA * illuminance + emitted
     bright = np.maximum(linear - rng.uniform(*cfg.glow_threshold), 0)

@@ -11,7 +11,7 @@ import re
 from typing import Optional
 
 from unirain_data.manifest import Pairing, entries_from_layout, file_stem, list_images, pair_folders
-from unirain_data.rain_types import RAIN_TYPES
+from unirain_utils.rain_types import RAIN_TYPES
 
 _RAIN100_RAINY = ('rain', 'rainy', 'input', 'data')
 _RAIN100_CLEAN = ('norain', 'clean', 'gt', 'target', 'groundtruth', 'ground_truth')

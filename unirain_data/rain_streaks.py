@@ -13,11 +13,11 @@ import numpy as np
 class StreakConfig:
     """Ranges ``(low, high)`` one rain scene's streak parameters are drawn from."""
     layers: tuple = (2, 4)            # depth layers: far ones short, thin, dim and dense; near ones long and bright
-    density: tuple = (0.001, 0.007)   # fraction of pixels that start a streak, in the farthest layer
-    length: tuple = (18.0, 50.0)      # streak length of the nearest layer
+    density: tuple = (0.0003, 0.0025)  # fraction of pixels that start a streak, in the farthest layer
+    length: tuple = (14.0, 45.0)      # streak length of the nearest layer
     angle: tuple = (-25.0, 25.0)      # fall direction, degrees from vertical (positive leans right going down)
-    angle_jitter: float = 3.0         # standard deviation (degrees) of each layer's angle around the global one
-    width: tuple = (1.0, 2.4)         # streak width of the nearest layer
+    angle_jitter: float = 1.0         # standard deviation (degrees) of each layer's angle around the global one
+    width: tuple = (0.8, 1.8)         # streak width of the nearest layer
     blur: tuple = (0.3, 1.0)          # Gaussian sigma of the nearest layer (drops near the lens are defocused)
     intensity: tuple = (0.5, 0.9)     # peak opacity of the nearest layer
     haze: tuple = (0.0, 0.08)         # veil of unresolved far rain, opacity

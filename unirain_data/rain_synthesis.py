@@ -18,7 +18,7 @@ import numpy as np
 
 from unirain_data.night import NightConfig, add_sensor_noise, render_night
 from unirain_data.rain_streaks import StreakConfig, composite_streaks, render_streaks
-from unirain_data.rain_types import type_id, type_name
+from unirain_utils.rain_types import type_id, type_name
 from unirain_data.raindrops import DropConfig, composite_drops
 
 MIN_SIZE = 16

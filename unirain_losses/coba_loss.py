@@ -56,7 +56,7 @@ class CoBaLoss(TypeReweightedLoss):
     * w_i = AF * TBS_i + (1 - AF) * TSS_i, then the floor ``w * (1 - min_weight * K) + min_weight``
       (weights stay summing to 1 and never fall below min_weight).
 
-    ``mode: official`` reproduces the authors' training script (METHOD.md section 2) where it differs:
+    ``mode: official`` reproduces the authors' training script (docs/method.md section 2) where it differs:
 
     * AF = softmax(tau * x)[-1] over only the last N amax values, x_s = -N * amax_s / (sum |amax| + 1e-8)
       with N = min(W, amax values so far): no factor m and no min(., 1), so AF stays near 1/N and TSS

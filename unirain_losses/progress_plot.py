@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use('Agg')  # files only; training machines have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from unirain_utils.files import atomic_write  # noqa: E402
+
 
 class ProgressPlot:
 
@@ -40,10 +42,8 @@ class ProgressPlot:
         self.save()
 
     def save(self):
-        tmp = self.json_path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump({'validations': self.records, 'weights': self.weight_history}, f, indent=1)
-        os.replace(tmp, self.json_path)
+        atomic_write(self.json_path, json.dumps({'validations': self.records, 'weights': self.weight_history},
+                                                indent=1))
         self._plot()
 
     def _plot(self):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from basicsr.losses import build_loss
-from unirain_data.rain_types import RAIN_TYPES
+from unirain_utils.rain_types import RAIN_TYPES
 
 
 def default_type_names(num_types):

@@ -1,4 +1,4 @@
-"""Task uncertainty regularization (Wu et al., AAAI 2025) as a per-rain-type strategy (see docs TUR.md)."""
+"""Task uncertainty regularization (Wu et al., AAAI 2025) as a per-rain-type strategy (docs/method.md section 3)."""
 import math
 
 import torch
@@ -12,7 +12,7 @@ SOURCES = ('per_type', 'input_head', 'arch')
 SOFTPLUS_ONE = math.log(math.e - 1)
 
 
-class UncertaintyHead(nn.Module):
+class InputUncertaintyHead(nn.Module):
     """A few 3x3 convs on the rainy input, softplus: a positive (B, C, H, W) map for any H, W."""
 
     def __init__(self, channels=3, width=16):
@@ -74,7 +74,7 @@ class TURLoss(TypeReweightedLoss):
         if uncertainty == 'per_type':
             self.log_sigma = nn.Parameter(torch.zeros(self.num_types))
         elif uncertainty == 'input_head':
-            self.head = UncertaintyHead(channels, head_width)
+            self.head = InputUncertaintyHead(channels, head_width)
         self.register_buffer('type_weights', torch.ones(self.num_types))
         self.register_buffer('last_weighted', torch.zeros(self.num_types))
         self.register_buffer('last_unc', torch.zeros(self.num_types))

@@ -1,7 +1,4 @@
 """UniRainModel: BasicSR's SRModel trained with a per-rain-type reweighting strategy, for any arch."""
-import os
-import random
-import re
 from collections import OrderedDict
 from os import path as osp
 
@@ -17,39 +14,30 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
-from unirain_arch.inference import PadToMultiple
-from unirain_arch.tiling import check_tile_options, tiled_forward
+from unirain_losses.mixed_precision import MixedPrecision, amp_dtype
 from unirain_losses.progress_plot import ProgressPlot
 from unirain_losses.reweighting import TypeReweightedLoss, default_type_names
+from unirain_losses.type_metrics import TypeMetrics, declared_type, sample_type
+from unirain_utils.files import atomic_open
+from unirain_utils.resume import host_rng_state, iteration_seed, set_host_rng_state
 
 MISSING_TYPE_IDS = 'the dataset must provide type ids: use DistilledRainDataset (the batch has no "type_id")'
 # keys of train.pixel_opt that configure the strategy's optimizer param group, not the loss itself
 PARAM_GROUP_KEYS = ('lr', 'weight_decay')
 BEST_AVG_NAME = 'per_type_avg'
+COMPILE_KEYS = {'mode', 'backend', 'dynamic', 'fullgraph', 'options'}
 
 
-def iteration_seed(seed, rank, current_iter):
-    """The torch seed of one training iteration: a function of (manual_seed, rank, iter) only."""
-    entropy = [int(seed) % 2**64, int(rank), int(current_iter)]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-
-
-def host_rng_state():
-    """Python and numpy RNG states, as plain values and tensors (loadable with weights_only=True)."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {'python': random.getstate(),
-            'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
-                      'pos': int(numpy_state['state']['pos']), 'has_gauss': int(numpy_state['has_gauss']),
-                      'gauss': float(numpy_state['gauss'])}}
-
-
-def set_host_rng_state(state):
-    version, internal, gauss_next = state['python']
-    random.setstate((version, tuple(internal), gauss_next))
-    numpy_state = state['numpy']
-    np.random.set_state({'bit_generator': 'MT19937',
-                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']},
-                         'has_gauss': numpy_state['has_gauss'], 'gauss': numpy_state['gauss']})
+def compile_options(value):
+    """``train.compile``: false -> None; true -> {}; a mapping -> keyword arguments of ``torch.compile``."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, dict) and set(value) <= COMPILE_KEYS:
+        return dict(value)
+    raise ValueError(f'train.compile: {value!r} is not true, false or a mapping of torch.compile arguments '
+                     f'({", ".join(sorted(COMPILE_KEYS))}), e.g. {{mode: max-autotune}}')
 
 
 def centre_crop(img, size):
@@ -78,17 +66,26 @@ class UniRainModel(SRModel):
     * Strategies that learn from validation losses (CoBa): every ``val.coba_freq`` iterations (default
       ``val.val_freq``), inside the training step and so before that iteration's checkpoint, the model
       computes the plain L1 of the training network on centre crops (``val.coba_crop``, default 128;
-      smaller images whole) of every validation dataset, per type, and calls ``strategy.update``. Under DDP
+      smaller images whole) of every validation dataset, per type, and calls ``strategy.update``. It uses
+      the validation datasets BasicSR built (``use_validation_datasets``, called by ``unirain_utils.compat``
+      right after the model is built; a model built outside BasicSR's pipeline builds them itself). Under DDP
       each rank takes a share of the images and the sums are all-reduced, so every rank gets the same
       weights. Doing it here rather than in ``validation`` keeps it independent of BasicSR's order
       (checkpoint, then validation) and of rank-0-only validation.
     * ``validation`` reports BasicSR's per-dataset metrics and, once every validation dataset of the round
       has been seen, per-type metrics and their average over types (``m_<metric>_<type>``,
       ``m_<metric>_avg`` in the log and tensorboard, best average tracked as ``per_type_avg``). The type
-      of an image: its ``type_id`` if the dataset gives one, else the dataset's ``rain_type`` option, else
-      a type name appearing as a word in the dataset's name (``val_drs``, ``RainRAG-NRD-test``).
+      of an image: its ``type_id`` if the dataset gives one, else the dataset's ``rain_type`` option
+      (``unirain_losses.type_metrics`` keeps the books).
     * ``test`` runs on the bare net (EMA copy when present); with a top-level ``tile: {tile_size,
       tile_overlap}`` it uses ``unirain_arch.tiling.tiled_forward``.
+    * ``train.amp: bf16 | fp16 | ~``: mixed precision (``unirain_losses.mixed_precision``) for any arch:
+      autocast around the forward and the losses; the strategy's loss and its statistics (TUR's sigmas,
+      the per-type losses) in fp32, as are CoBa's validation losses and the validation itself. fp16 adds
+      a GradScaler whose state is saved in the training state (``amp_scaler``), so resume stays exact.
+    * ``train.compile: true`` (or a mapping of torch.compile arguments, e.g. ``{mode: max-autotune}``): the
+      training forward runs through ``torch.compile(net_g)`` (weights and checkpoints unchanged); if
+      compiling fails, a warning names the error and training goes on eagerly.
     * Exact resume: the strategy's state_dict and the python / numpy RNG states of every rank are saved in
       the training state and restored by ``resume_training``. The torch RNG is reseeded at the start of
       every training step from (manual_seed, rank, iteration), so the network's randomness does not depend
@@ -101,12 +98,14 @@ class UniRainModel(SRModel):
         self.rng_states = None
         self.resume_iter = None
         self.progress = None
-        # metrics of the rainy inputs themselves, per validation dataset: they never change, compute once
-        self.input_metric_cache = {}
+        self.reweight_sets = None
+        self.amp = MixedPrecision(None, 'cpu')
+        self.compiled_g = None
         super().__init__(opt)
         self.type_names = self.cri_pix.type_names if self.is_train else default_type_names(4)
         self.num_val_datasets = sum(1 for phase in opt['datasets'] if phase != 'train')
-        self.reset_type_metrics()
+        self.type_metrics = TypeMetrics(self.type_names)
+        self.val_datasets_seen = 0
 
     # ----------------------------------------------------------------------------------------- training setup
     def init_training_settings(self):
@@ -122,13 +121,27 @@ class UniRainModel(SRModel):
                              f'{{type: {pixel_opt["type"]}}}}}')
         self.strategy_group = {key: pixel_opt[key] for key in PARAM_GROUP_KEYS if key in pixel_opt}
         train_opt['pixel_opt'] = OrderedDict((k, v) for k, v in pixel_opt.items() if k not in PARAM_GROUP_KEYS)
+        self.amp = MixedPrecision(amp_dtype(train_opt.get('amp')), self.device)
+        compile_opt = compile_options(train_opt.get('compile', False))
         super().init_training_settings()
+        if compile_opt is not None:
+            # a separate callable sharing net_g's parameters: net_g, its state_dict keys and checkpoints stay as
+            # they are; torch.compile is lazy, so failures surface in the first step (see optimize_parameters)
+            self.compiled_g = torch.compile(self.net_g, **compile_opt)
         if self.opt['dist']:
             # each rank initialised the strategy from its own seed (seed + rank); DDP only syncs the net
             for tensor in self.cri_pix.state_dict().values():
                 if isinstance(tensor, torch.Tensor):
                     dist.broadcast(tensor, src=0)
-        self.reweight_sets = self.build_reweight_sets() if self.cri_pix.needs_val_losses else []
+        val_opt = self.opt.get('val') or {}
+        self.coba_crop = int(val_opt.get('coba_crop', 128))
+        if self.cri_pix.needs_val_losses:
+            freq = val_opt.get('coba_freq', val_opt.get('val_freq'))
+            if not freq:
+                raise ValueError(f'{type(self.cri_pix).__name__} learns from per-type validation losses: set '
+                                 'val.val_freq (or val.coba_freq) and one validation dataset per type (or one with '
+                                 'type ids)')
+            self.coba_freq = int(freq)
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         optimizer_cls = getattr(torch.optim, str(optim_type), None)
@@ -158,49 +171,44 @@ class UniRainModel(SRModel):
         self.optimizer_g = self.get_optimizer(optim_type, groups, **optim_opt)
         self.optimizers.append(self.optimizer_g)
 
-    def build_reweight_sets(self):
-        """[(dataset, fixed type id or None)] of the validation datasets the strategy's losses come from."""
+    def use_validation_datasets(self, datasets):
+        """The validation datasets BasicSR built, in option order: the strategy's per-type losses come from them."""
+        if self.is_train and self.cri_pix.needs_val_losses:
+            self.reweight_sets = self.typed_val_sets(datasets)
+
+    def typed_val_sets(self, datasets):
+        """[(dataset, declared type id or None)]; together they must cover every type.
+
+        A dataset's types: its declared ``rain_type``, else the ``type_ids`` it lists (DistilledRainDataset);
+        a dataset whose samples carry ``type_id`` without listing them is trusted to cover what it holds.
+        """
         name = type(self.cri_pix).__name__
-        val_opt = self.opt.get('val') or {}
-        freq = val_opt.get('coba_freq', val_opt.get('val_freq'))
-        if not freq:
-            raise ValueError(f'{name} learns from per-type validation losses: set val.val_freq (or '
-                             'val.coba_freq) and one validation dataset per type (or one with type ids)')
-        self.coba_freq = int(freq)
-        self.coba_crop = int(val_opt.get('coba_crop', 128))
-        sets, covered, mixed = [], set(), False
-        for phase, dataset_opt in self.opt['datasets'].items():
-            if not phase.startswith('val'):
-                continue
-            dataset = build_dataset(dataset_opt)
-            fixed = self.dataset_type(dataset_opt)
-            if fixed is None:
-                if len(dataset) == 0 or 'type_id' not in dataset[0]:
-                    raise ValueError(f'validation dataset {dataset_opt.get("name", phase)!r}: cannot tell its rain '
-                                     f'type; add `rain_type: <{"|".join(self.cri_pix.type_names)}>` to it, name it '
-                                     'after its type, or use a dataset that gives type ids (DistilledRainDataset)')
-                mixed = True
-            else:
+        sets, covered, unlisted = [], set(), False
+        for dataset in datasets:
+            fixed = declared_type(dataset.opt, self.cri_pix.type_names)
+            if fixed is not None:
                 covered.add(fixed)
+            elif hasattr(dataset, 'type_ids'):
+                covered.update(dataset.type_ids)
+            elif len(dataset) and 'type_id' in dataset[0]:
+                unlisted = True
+            else:
+                raise ValueError(f'validation dataset {dataset.opt.get("name")!r}: cannot tell its rain type; '
+                                 f'add `rain_type: <{"|".join(self.cri_pix.type_names)}>` to it, or use a '
+                                 'dataset that gives type ids (DistilledRainDataset)')
             sets.append((dataset, fixed))
         missing = [n for t, n in enumerate(self.cri_pix.type_names) if t not in covered]
-        if not sets or (missing and not mixed):
+        if not sets or (missing and not unlisted):
             raise ValueError(f'{name} needs validation images of every type; none for: '
                              f'{", ".join(missing) or "any type (no val datasets)"}')
         return sets
 
-    def dataset_type(self, dataset_opt):
-        """Type id fixed by a dataset's ``rain_type`` option or by a type name in its name; None if neither."""
-        names = [n.lower() for n in getattr(self, 'type_names', None) or self.cri_pix.type_names]
-        if dataset_opt.get('rain_type') is not None:
-            value = str(dataset_opt['rain_type']).lower()
-            if value not in names:
-                raise ValueError(f'dataset {dataset_opt.get("name")!r}: rain_type {dataset_opt["rain_type"]!r} is '
-                                 f'not one of {", ".join(names)}')
-            return names.index(value)
-        words = set(re.split(r'[^a-z0-9]+', str(dataset_opt.get('name', '')).lower()))
-        found = [t for t, n in enumerate(names) if n in words]
-        return found[0] if len(found) == 1 else None
+    def validation_sets(self):
+        """The (dataset, type) pairs of ``use_validation_datasets``; built here only outside BasicSR's pipeline."""
+        if self.reweight_sets is None:
+            self.reweight_sets = self.typed_val_sets(
+                [build_dataset(o) for phase, o in self.opt['datasets'].items() if phase.startswith('val')])
+        return self.reweight_sets
 
     # ---------------------------------------------------------------------------------------------- training
     def feed_data(self, data):
@@ -212,31 +220,19 @@ class UniRainModel(SRModel):
     def optimize_parameters(self, current_iter):
         if self.type_ids is None:
             raise KeyError(MISSING_TYPE_IDS)
-        torch.manual_seed(iteration_seed(self.opt.get('manual_seed', 0), self.opt.get('rank', 0), current_iter))
-        self.optimizer_g.zero_grad()
-        self.output = self.net_g(self.lq)
-        bare = self.get_bare_model(self.net_g)
-
-        loss_dict = OrderedDict()
-        l_pix = self.cri_pix(self.output, self.gt, self.type_ids, lq=self.lq,
-                             uncertainty=getattr(bare, 'last_uncertainty', None))
-        l_total = l_pix
-        loss_dict['l_pix'] = l_pix
-        loss_dict.update(self.cri_pix.last_log)
-        auxiliary = bare.auxiliary_losses(self.type_ids) if hasattr(bare, 'auxiliary_losses') else {}
-        for key, value in auxiliary.items():
-            l_total = l_total + value
-            loss_dict[key] = value
-        if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-            for key, value in (('l_percep', l_percep), ('l_style', l_style)):
-                if value is not None:
-                    l_total = l_total + value
-                    loss_dict[key] = value
-
-        l_total.backward()
+        seed = iteration_seed(self.opt.get('manual_seed', 0), self.opt.get('rank', 0), current_iter)
+        if self.compiled_g is not None:
+            try:
+                loss_dict = self.forward_backward(self.compiled_g, seed)
+            except Exception as exc:  # dynamo and inductor raise many types; a real error recurs eagerly below
+                arch = type(self.get_bare_model(self.net_g)).__name__
+                get_root_logger().warning(f'train.compile: torch.compile of {arch} failed ({type(exc).__name__}: '
+                                          f'{str(exc).strip()[:500]}); training goes on eagerly')
+                self.compiled_g = None
+        if self.compiled_g is None:
+            loss_dict = self.forward_backward(self.net_g, seed)
         self.sync_strategy_grads()
-        self.optimizer_g.step()
+        self.amp.step(self.optimizer_g)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
         if self.cri_pix.needs_val_losses and current_iter % self.coba_freq == 0:
@@ -245,6 +241,34 @@ class UniRainModel(SRModel):
             if value is not None:
                 loss_dict[f'l_val_{name}'] = torch.tensor(value, device=self.device)
         self.log_dict = self.reduce_loss_dict(loss_dict)
+
+    def forward_backward(self, net, seed):
+        """Forward (autocast when ``train.amp``), losses and backward of one step; returns the loss dict."""
+        torch.manual_seed(seed)
+        self.optimizer_g.zero_grad()
+        bare = self.get_bare_model(self.net_g)
+        loss_dict = OrderedDict()
+        with self.amp.autocast():
+            self.output = net(self.lq)
+            with self.amp.full_precision():
+                uncertainty = getattr(bare, 'last_uncertainty', None)
+                l_pix = self.cri_pix(self.output.float(), self.gt, self.type_ids, lq=self.lq,
+                                     uncertainty=None if uncertainty is None else uncertainty.float())
+            l_total = l_pix
+            loss_dict['l_pix'] = l_pix
+            loss_dict.update(self.cri_pix.last_log)
+            auxiliary = bare.auxiliary_losses(self.type_ids) if hasattr(bare, 'auxiliary_losses') else {}
+            for key, value in auxiliary.items():
+                l_total = l_total + value
+                loss_dict[key] = value
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+                for key, value in (('l_percep', l_percep), ('l_style', l_style)):
+                    if value is not None:
+                        l_total = l_total + value
+                        loss_dict[key] = value
+        self.amp.backward(l_total)
+        return loss_dict
 
     def sync_strategy_grads(self):
         """The strategy's parameters live outside DDP: average their gradients across ranks here."""
@@ -268,7 +292,7 @@ class UniRainModel(SRModel):
         num_types = self.cri_pix.num_types
         sums = torch.zeros(num_types, dtype=torch.float64, device=self.device)
         counts = torch.zeros(num_types, dtype=torch.float64, device=self.device)
-        for dataset, fixed in self.reweight_sets:
+        for dataset, fixed in self.validation_sets():
             for index in range(rank, len(dataset), world_size):
                 sample = dataset[index]
                 type_id = int(sample['type_id']) if 'type_id' in sample else fixed
@@ -303,65 +327,62 @@ class UniRainModel(SRModel):
         net.eval()
         # archs that need sizes divisible by their window (BasicSR's SwinIR) and do not pad themselves
         multiple = self.opt['network_g'].get('window_size')
-        forward = PadToMultiple(net, multiple) if multiple else net
+        forward = net
+        if multiple:
+            from unirain_arch.padding import PadToMultiple
+            forward = PadToMultiple(net, multiple)
         with torch.no_grad():
             tile = self.opt.get('tile')
             if tile:
+                from unirain_arch.tiling import check_tile_options, tiled_forward
                 tile_size, tile_overlap = check_tile_options(tile)
                 self.output = tiled_forward(forward, self.lq, tile_size, tile_overlap)
             else:
                 self.output = forward(self.lq)
         net.train(was_training)
 
-    def reset_type_metrics(self):
-        self.type_metric_values = {}
-        self.type_input_values = {}
-        self.val_datasets_seen = 0
-
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         dataset_opt = dataloader.dataset.opt
         dataset_name = dataset_opt['name']
-        fixed = self.dataset_type(dataset_opt)
+        fixed = declared_type(dataset_opt, self.type_names)
         metrics_opt = self.opt['val'].get('metrics') or {}
         values = {metric: [] for metric in metrics_opt}
         pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
-        cached_inputs = self.input_metric_cache.get(dataset_name)
+        cached_inputs = self.type_metrics.input_cache.get(dataset_name)
         inputs = []
         for index, val_data in enumerate(dataloader):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            type_id = sample_type(val_data, dataset_opt, self.type_names)
             self.feed_data(val_data)
             self.test()
-            type_id = int(self.type_ids[0]) if self.type_ids is not None else fixed
             visuals = self.get_current_visuals()
             sr_img = tensor2img([visuals['result']])
             metric_data = {'img': sr_img}
+            input_values = None
             if 'gt' in visuals:
                 metric_data['img2'] = tensor2img([visuals['gt']])
                 del self.gt
                 if cached_inputs is None:
                     lq_data = {'img': tensor2img([visuals['lq']]), 'img2': metric_data['img2']}
                     inputs.append({m: float(calculate_metric(lq_data, o)) for m, o in metrics_opt.items()})
-                if type_id is not None:
-                    input_values = (cached_inputs or inputs)[index]
-                    for metric, value in input_values.items():
-                        self.type_input_values.setdefault(type_id, {}).setdefault(metric, []).append(value)
+                input_values = (cached_inputs or inputs)[index]
             del self.lq, self.output
             if save_img:
                 if fixed is None and type_id is not None:  # a mixed set: type folders may reuse file names
                     img_name = f'{self.type_names[type_id]}_{img_name}'
                 imwrite(sr_img, self.visualization_path(dataset_name, img_name, current_iter))
-            for metric, metric_opt in metrics_opt.items():
-                value = float(calculate_metric(metric_data, metric_opt))
+            output_values = {metric: float(calculate_metric(metric_data, o)) for metric, o in metrics_opt.items()}
+            for metric, value in output_values.items():
                 values[metric].append(value)
-                if type_id is not None:
-                    self.type_metric_values.setdefault(type_id, {}).setdefault(metric, []).append(value)
+            if type_id is not None:
+                self.type_metrics.add(type_id, output_values, input_values)
             if pbar:
                 pbar.update(1)
                 pbar.set_description(f'Test {img_name}')
         if pbar:
             pbar.close()
         if cached_inputs is None and inputs:
-            self.input_metric_cache[dataset_name] = inputs
+            self.type_metrics.input_cache[dataset_name] = inputs
         if metrics_opt and values[next(iter(metrics_opt))]:
             self._initialize_best_metric_results(dataset_name)
             self.metric_results = {metric: float(np.mean(v)) for metric, v in values.items()}
@@ -371,7 +392,8 @@ class UniRainModel(SRModel):
         self.val_datasets_seen += 1
         if self.val_datasets_seen >= self.num_val_datasets:
             self.log_type_metrics(current_iter, tb_logger)
-            self.reset_type_metrics()
+            self.type_metrics.reset()
+            self.val_datasets_seen = 0
 
     def visualization_path(self, dataset_name, img_name, current_iter):
         folder = self.opt['path']['visualization']
@@ -384,7 +406,7 @@ class UniRainModel(SRModel):
         """Per-type means over every validation dataset of the round, and their average over types."""
         results = OrderedDict()
         for metric in self.opt['val'].get('metrics') or {}:
-            per_type = self.per_type_means(self.type_metric_values, metric)
+            per_type = self.type_metrics.means(metric)
             if per_type:
                 results[metric] = per_type
         self.type_metric_results = results
@@ -395,29 +417,20 @@ class UniRainModel(SRModel):
         for metric, per_type in results.items():
             self._update_best_metric_result(BEST_AVG_NAME, metric, per_type['avg'], current_iter)
             best = self.best_metric_results[BEST_AVG_NAME][metric]
-            lines.append('\t ' + '  '.join(f'm_{metric}_{name}: {value:.4f}' for name, value in per_type.items())
-                         + f'\tBest avg: {best["val"]:.4f} @ {best["iter"]} iter')
-            if tb_logger:
-                for name, value in per_type.items():
-                    tb_logger.add_scalar(f'metrics/m_{metric}_{name}', value, current_iter)
-            inputs = self.per_type_means(self.type_input_values, metric)
+            lines.append(f'\t {TypeMetrics.line(metric, per_type)}\tBest avg: {best["val"]:.4f} @ {best["iter"]} iter')
+            inputs = self.type_metrics.means(metric, inputs=True)
             if inputs:
-                lines.append('\t rainy input: ' + '  '.join(f'm_{metric}_{name}: {value:.4f}'
-                                                            for name, value in inputs.items()))
-                if tb_logger:
-                    for name, value in inputs.items():
-                        tb_logger.add_scalar(f'metrics/m_{metric}_input_{name}', value, current_iter)
+                lines.append(f'\t rainy input: {TypeMetrics.line(metric, inputs)}')
+            if tb_logger:
+                for kind, means in (('', per_type), ('input_', inputs)):
+                    for name, value in means.items():
+                        tb_logger.add_scalar(f'metrics/m_{metric}_{kind}{name}', value, current_iter)
         get_root_logger().info('\n'.join(lines))
         plot = self.progress_plot()
         if plot is not None:
-            self.plot_progress(plot, current_iter, results)
-
-    def per_type_means(self, values, metric):
-        per_type = OrderedDict((self.type_names[t], float(np.mean(v[metric])))
-                               for t, v in sorted(values.items()) if metric in v)
-        if per_type:
-            per_type['avg'] = float(np.mean(list(per_type.values())))
-        return per_type
+            metric = 'psnr' if 'psnr' in results else next(iter(results))
+            plot.add(current_iter, metric, results[metric], self.type_metrics.means(metric, inputs=True),
+                     self.type_weights())
 
     def progress_plot(self):
         """The run's ProgressPlot (rank 0 of a training run only), or None."""
@@ -432,12 +445,6 @@ class UniRainModel(SRModel):
         if not hasattr(self, 'cri_pix'):
             return {}
         return {name: float(w) for name, w in zip(self.type_names, self.cri_pix.weights())}
-
-    def plot_progress(self, plot, current_iter, results):
-        """progress.png / progress.json in the experiment folder: per-type output and input PSNR, weights."""
-        metric = 'psnr' if 'psnr' in results else next(iter(results))
-        plot.add(current_iter, metric, results[metric], self.per_type_means(self.type_input_values, metric),
-                 self.type_weights())
 
     # --------------------------------------------------------------------------------------- save / resume
     def save(self, epoch, current_iter):
@@ -463,10 +470,10 @@ class UniRainModel(SRModel):
                  'schedulers': [s.state_dict() for s in self.schedulers],
                  'reweighting': self.cri_pix.state_dict(),
                  'rng': self.rng_states}
-        save_path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
-        tmp_path = f'{save_path}.tmp'
-        torch.save(state, tmp_path)
-        os.replace(tmp_path, save_path)
+        if self.amp.scaler is not None:
+            state['amp_scaler'] = self.amp.state_dict()
+        with atomic_open(osp.join(self.opt['path']['training_states'], f'{current_iter}.state')) as f:
+            torch.save(state, f)
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
@@ -477,6 +484,12 @@ class UniRainModel(SRModel):
         else:
             logger.warning('Resume: the training state holds no reweighting state (not written by UniRainModel); '
                            f'{type(self.cri_pix).__name__} starts afresh')
+        if self.amp.scaler is not None:
+            if resume_state.get('amp_scaler'):
+                self.amp.load_state_dict(resume_state['amp_scaler'])
+            else:
+                logger.warning('Resume: train.amp is fp16 but the training state holds no gradient scaler state '
+                               '(written without fp16); the scaler starts afresh')
         rank, world_size = get_dist_info()
         states = resume_state.get('rng')
         if states and len(states) == world_size:

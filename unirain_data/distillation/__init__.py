@@ -1,4 +1,4 @@
-"""RAG-based dataset distillation (METHOD.md section 4): keep the candidate pairs whose rain looks real.
+"""RAG-based dataset distillation (docs/method.md section 4): keep the candidate pairs whose rain looks real.
 
 Stages, one module each: ``captioner`` (BLIP or any transformers image-to-text model), ``embedder``
 (open_clip text and image features), ``reference_db`` (the real references, their faiss indexes, saved and

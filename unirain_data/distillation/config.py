@@ -1,16 +1,15 @@
 """The distillation configuration: a YAML file (options/distill_UniRain.yml documents every key) over defaults.
 
 ``load_config(path)`` returns a plain nested dict with every key present and checked; a wrong key or value
-raises ConfigError naming the file and the dotted key. YAML is read with ``yaml.safe_load`` (an option file
-is data, not code).
+raises ConfigError naming the file and the dotted key. YAML is read with the project's option loader (an option
+file is data, not code, and its aliases are bounded), the file and each ``--set`` value alike.
 """
 import copy
 import os
 
-import yaml
-
 from unirain_data.distillation.prompt import DEFAULT_PROMPT, PromptError, check_template
 from unirain_data.distillation.vote import check_min_yes, default_min_yes
+from unirain_utils.options import OptionError, load_options, load_options_text
 
 _UNSET = object()
 JUDGE_TYPES = ('qwen_vl', 'chat')
@@ -197,18 +196,18 @@ def apply_overrides(given, overrides):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f'--set {item!r}: {part} is not a mapping')
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = load_options_text(text, f'--set {key.strip()}')
+        except OptionError as exc:
+            raise ConfigError(str(exc)) from None
     return given
 
 
 def load_config(path, overrides=()):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
-    with open(path, encoding='utf-8') as f:
-        try:
-            given = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f'{path}: not valid YAML ({exc})') from exc
+    try:
+        given = load_options(path)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_dict(apply_overrides(given or {}, overrides), origin=path)
 
 

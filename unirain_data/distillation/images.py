@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from unirain_data.image_io import BadImageError, decode_image, to_bgr
+from unirain_utils.image_io import BadImageError, decode_image, to_bgr
 
 
 class LoadedImage(NamedTuple):

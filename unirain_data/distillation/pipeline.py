@@ -20,10 +20,9 @@ and writes the manifest atomically with ``unirain_data.manifest.write_manifest``
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -34,8 +33,9 @@ from unirain_data.distillation.prompt import build_prompt, parse_answer
 from unirain_data.distillation.reference_db import ReferenceDB, ReferenceDBError, model_signature
 from unirain_data.distillation.retrieval import Retriever
 from unirain_data.distillation.vote import majority_vote
-from unirain_data.image_io import BadImageError
 from unirain_data.manifest import ManifestEntry, iter_manifest, resolve_path, write_manifest
+from unirain_utils.files import atomic_open, atomic_write
+from unirain_utils.image_io import BadImageError
 
 WORK_FORMAT = 1
 _SHARD_DIR = re.compile(r'shard-(\d{5})-of-(\d{5})$')
@@ -117,24 +117,9 @@ def iter_chunks(manifest, rank, world, chunk_size):
 
 def atomic_write_lines(path, lines):
     """Write, fsync, rename: ``path`` appears complete or not at all."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.jsonl')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            for line in lines:
-                f.write(json.dumps(line, ensure_ascii=False) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if hasattr(os, 'O_DIRECTORY'):
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_open(path, 'w', encoding='utf-8') as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + '\n')
 
 
 # ----- what the results depend on -----------------------------------------------------------------------------
@@ -180,10 +165,7 @@ def prepare_work_dir(work_dir, current):
     if os.path.isfile(path):
         check_work_dir(work_dir, current)
         return
-    fd, tmp = tempfile.mkstemp(dir=work_dir, prefix='.run-', suffix='.json')
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        json.dump(current, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(current, indent=2))
 
 
 def check_work_dir(work_dir, current):

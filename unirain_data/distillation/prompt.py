@@ -15,7 +15,7 @@ import re
 import string
 from typing import Optional
 
-from unirain_data.rain_types import DESCRIPTIONS
+from unirain_utils.rain_types import DESCRIPTIONS
 
 DEFAULT_PROMPT = (
     'The first {num_references} images are real photographs of {rain_type}. The last image is a candidate that '

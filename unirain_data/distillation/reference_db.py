@@ -26,7 +26,8 @@ import numpy as np
 from unirain_data.distillation import faiss_index
 from unirain_data.distillation.images import load_images
 from unirain_data.distillation.progress import StageBars
-from unirain_data.manifest import IMAGE_EXTENSIONS, ManifestError, iter_manifest, natural_key, resolve_path
+from unirain_data.manifest import ManifestError, iter_manifest, natural_key, resolve_path
+from unirain_utils.image_io import IMAGE_EXTENSIONS, is_image_file
 
 FORMAT = 1
 FILES = ('meta.json', 'references.jsonl', 'captions.json', 'text_emb.npy', 'image_emb.npy', 'thumbs.npy',
@@ -45,7 +46,7 @@ def list_reference_images(root):
     for folder, dirs, names in os.walk(root):
         dirs.sort(key=natural_key)
         found += [os.path.join(folder, n) for n in sorted(names, key=natural_key)
-                  if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+                  if is_image_file(n)]
     if not found:
         raise FileNotFoundError(f'references.root: no images ({", ".join(IMAGE_EXTENSIONS)}) under {root}')
     return [{'path': os.path.abspath(p), 'gt': None, 'type': None, 'source': os.path.basename(os.path.abspath(root))}

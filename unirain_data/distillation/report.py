@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 
 from unirain_data.distillation.images import read_bgr
-from unirain_data.image_io import BadImageError
+from unirain_utils.image_io import BadImageError
 from unirain_data.manifest import iter_manifest, resolve_path
-from unirain_data.rain_types import RAIN_TYPES
+from unirain_utils.rain_types import RAIN_TYPES
 
 TILE = 160
 HEADER = 34

@@ -1,4 +1,4 @@
-"""Three-level retrieval of real references S(q) for a candidate q (METHOD.md section 4, step 2).
+"""Three-level retrieval of real references S(q) for a candidate q (docs/method.md section 4, step 2).
 
 1. semantic: the K1 references whose caption's text embedding is nearest to q's in L2 distance, over the
    whole database (faiss text index). References with identical captions share one embedding, hence one

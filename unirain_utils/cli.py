@@ -6,6 +6,9 @@
 
 Plugins are packages that declare an entry point in the group ``basicsr.plugins``; each is imported
 (which registers its archs, models, datasets, losses and metrics) before the pipeline runs.
+
+Exit status: 0 done; 1 a plugin failed to import, or the run failed; 2 a usage error, reported in one line: an
+option file that cannot be read, a checkpoint or training state that cannot be used, or a run folder in use.
 """
 import os
 import sys
@@ -27,6 +30,7 @@ commands:
 
 `basicsr train --help` shows BasicSR's own flags.
 Multi-GPU / multi-process: torchrun --nproc_per_node=N $(which basicsr) train -opt FILE --launcher pytorch
+Exit status: 0 done, 1 failed, 2 usage error (option file, checkpoint, training state, run folder in use).
 """
 
 
@@ -38,7 +42,7 @@ def load_plugins():
     """Import every ``basicsr.plugins`` entry point; a plugin that fails is reported by name, not swallowed."""
     from importlib.metadata import entry_points
 
-    from unirain_arch import compat
+    from unirain_utils import compat
     compat.apply()
     loaded = []
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
@@ -53,8 +57,8 @@ def load_plugins():
 
 def registered_names():
     """{registry: sorted names} for BasicSR's five registries, after loading plugins."""
-    from basicsr.utils import registry
     load_plugins()
+    from basicsr.utils import registry
     return {name: sorted(getattr(registry, f'{name.upper()}_REGISTRY').keys()) for name in REGISTRIES}
 
 
@@ -70,18 +74,51 @@ def _list(argv):
     return 0
 
 
+def check_option_file(argv):
+    """Read the ``-opt`` file as basicsr will, before the plugins load: a file that cannot be used is a one-line
+    OptionError. Without ``-opt`` basicsr's own parser reports the usage error."""
+    import argparse
+
+    from unirain_utils.options import OptionError, load_options
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt')
+    path = parser.parse_known_args(argv)[0].opt
+    if path is None:
+        return
+    opt = load_options(path)
+    if not isinstance(opt, dict):
+        raise OptionError(f'{path}: the options must be a mapping of keys to values, got '
+                          f'{"an empty file" if opt is None else type(opt).__name__}')
+
+
 def _pipeline(command, argv):
+    from unirain_utils import run_lock
+    check_option_file(argv)
     load_plugins()
     # basicsr parses sys.argv itself: hand it exactly its own flags
     sys.argv = [f'basicsr {command}'] + argv
     root = os.getcwd()
-    if command == 'train':
-        from basicsr.train import train_pipeline
-        train_pipeline(root)
-    else:
-        from basicsr.test import test_pipeline
-        test_pipeline(root)
+    try:
+        if command == 'train':
+            from basicsr.train import train_pipeline
+            train_pipeline(root)
+        else:
+            from basicsr.test import test_pipeline
+            test_pipeline(root)
+    finally:
+        run_lock.release()
     return 0
+
+
+def _is_usage_error(exc):
+    """Whether ``exc`` is the user's to fix (reported in one line, exit status 2)."""
+    from unirain_utils.options import OptionError
+    if isinstance(exc, OptionError):  # before torch is imported: keep that answer quick
+        return True
+    from unirain_utils.checkpoints import CheckpointError
+    from unirain_utils.resume import ResumeStateError
+    from unirain_utils.run_lock import RunLockedError
+    return isinstance(exc, (CheckpointError, ResumeStateError, RunLockedError))
 
 
 def main(argv=None):
@@ -98,6 +135,11 @@ def main(argv=None):
     except PluginError as exc:
         print(f'basicsr: error: {exc}', file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        print(f'basicsr: error: {exc}', file=sys.stderr)
+        return 2
     print(f"basicsr: error: unknown command {command!r}; choose from 'train', 'test', 'list'\n", file=sys.stderr)
     print(USAGE, end='', file=sys.stderr)
     return 2

@@ -7,7 +7,12 @@ Lower is better. Inputs follow BasicSR's metric convention: uint8 HxWx3 BGR imag
 """
 import numpy as np
 import torch
-from basicsr.utils.registry import METRIC_REGISTRY
+
+from unirain_utils.compat import make_basicsr_importable
+
+make_basicsr_importable()
+
+from basicsr.utils.registry import METRIC_REGISTRY  # noqa: E402
 
 INSTALL_HINT = "LPIPS needs the optional extra: pip install 'unirain[metrics]' (the lpips package)"
 _models = {}
