@@ -84,7 +84,7 @@ def test_resume_state_loads_on_cpu(tmp_path):
     assert opt['path']['pretrain_network_g'].endswith('net_g_8.pth')  # basicsr's check_resume ran
     assert resume._resume_point == (1, 8)
     opt['path']['resume_state'] = str(tmp_path / 'missing.state')
-    with pytest.raises(FileNotFoundError, match='missing.state'):
+    with pytest.raises(resume.ResumeStateError, match='missing.state'):
         train.load_resume_state(opt)
 
 
@@ -151,3 +151,31 @@ def test_validation_datasets_built_by_basicsr_reach_the_model():
     # the patch wraps basicsr's own functions (fails loudly if basicsr renames them)
     assert train.build_model.__name__ == 'build_model_with_val_datasets'
     assert train.create_train_val_dataloader.__name__ == 'create_train_val_dataloader'
+
+
+def test_every_torch_load_in_basicsr_reads_weights_only():
+    """Each basicsr module that calls torch.load sees compat's torch, whose load is weights-only."""
+    import importlib
+    from pathlib import Path
+
+    import basicsr
+    package = Path(basicsr.__file__).parent
+    calling = {'.'.join(('basicsr',) + path.relative_to(package).with_suffix('').parts)
+               for path in package.rglob('*.py') if 'torch.load(' in path.read_text(encoding='utf-8')}
+    assert calling == set(compat.TORCH_LOAD_MODULES)  # a new call site in basicsr fails here
+    for name in calling:
+        module = importlib.import_module(name)
+        assert isinstance(module.torch, compat._WeightsOnlyTorch), name
+        assert module.torch.Tensor is torch.Tensor and module.torch.nn is torch.nn  # the rest is torch itself
+
+
+def test_run_folders_are_locked_before_basicsr_touches_them():
+    import basicsr.test
+    import basicsr.train
+    assert basicsr.train.parse_options.__name__ == basicsr.test.parse_options.__name__ == 'parse_options_and_lock'
+    # the lock is only early enough while basicsr parses options before it resumes or archives a folder
+    train_source = inspect.getsource(basicsr.train.train_pipeline)
+    assert (train_source.index('parse_options(') < train_source.index('load_resume_state(')
+            < train_source.index('make_exp_dirs('))
+    test_source = inspect.getsource(basicsr.test.test_pipeline)
+    assert test_source.index('parse_options(') < test_source.index('make_exp_dirs(')

@@ -129,9 +129,12 @@ def test_drops_change_the_image_in_localised_blobs(seed):
 
 
 def test_drops_show_the_scene_upside_down():
-    """Over a top-to-bottom ramp, every drop shows a bottom-to-top ramp: it is a small inverting lens."""
+    """Over a top-to-bottom ramp, what a drop refracts is a bottom-to-top ramp: it is a small inverting lens.
+
+    Opaque drops that scatter no light show the refracted view alone."""
     clean = np.repeat(np.linspace(0, 1, 128, dtype=np.float32)[:, None, None], 128, 1).repeat(3, 2)
-    config = dataclasses.replace(DEFAULT_CONFIGS['DRD'], drops=DropConfig(rim=(0.0, 0.0), highlight=(0.0, 0.0)))
+    drops = DropConfig(rim=(0.0, 0.0), highlight=(0.0, 0.0), haze=(0.0, 0.0), opacity=(1.0, 1.0))
+    config = dataclasses.replace(DEFAULT_CONFIGS['DRD'], drops=drops)
     rainy, _ = synthesize_pair(clean, 'DRD', 6, config)
     inside = cv2.erode((np.abs(rainy - clean).max(-1) > 0.05).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert inside.sum() > 100

@@ -5,15 +5,35 @@
     python tools/derain.py --input big.png --output out/ --opt options/test_PReNet_Rain100L.yml --device cuda --half
 
 Names and formats are kept (PNG/JPEG/WebP/BMP/TIFF; a 16-bit PNG stays 16-bit; gray stays gray; alpha is
-copied). Inputs are never overwritten. Unreadable files are skipped and listed at the end; the exit status
-is 0 when every file was derained, 1 when some were skipped as unreadable, 2 for a usage error.
+copied). Inputs are never overwritten. Unreadable files, files above --max-pixels and files that run out of
+memory are skipped and listed at the end; the other files are still derained. The exit status is 0 when
+every file was derained, 1 when some were skipped as unreadable, 2 for a usage error (one line on stderr).
 """
 import argparse
+import os
 import sys
 import time
 
+import yaml
+
 from unirain_arch.inference import MODEL_SPEC_HELP, InferenceError, load_model, parse_model_spec
+from unirain_utils.image_io import DEFAULT_MAX_PIXELS
 from unirain_utils.photo_batch import PhotoBatchError, derain_paths
+
+
+class UsageError(ValueError):
+    """A command line that cannot run; printed as one line, exit status 2."""
+
+
+def pixel_count(text):
+    """--max-pixels: an integer, also written as 2e8 or 200_000_000; 0 means no limit."""
+    try:
+        value = float(text.replace('_', ''))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of pixels') from None
+    if value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f'{text!r} must be a whole number of pixels >= 0')
+    return int(value)
 
 
 def parse_args(argv=None):
@@ -41,6 +61,9 @@ def parse_args(argv=None):
     run.add_argument('--tile', type=int, default=512,
                      help='tile size in pixels, bounds memory on large photos; 0 = whole image (default 512)')
     run.add_argument('--overlap', type=int, default=32, help='tile overlap in pixels (default 32)')
+    run.add_argument('--max-pixels', type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar='N',
+                     help=f'refuse (skip and list) images with more pixels than N, read from the file header '
+                          f'before decoding; 0 = no limit (default {DEFAULT_MAX_PIXELS}, a 10000x10000 photo)')
     out = parser.add_argument_group('output')
     out.add_argument('--recursive', action='store_true', help='descend into sub-folders (their layout is kept)')
     out.add_argument('--skip-existing', action='store_true', help='leave outputs that already exist (resume)')
@@ -53,8 +76,12 @@ def parse_args(argv=None):
         parser.error('give --model SPEC (e.g. --model net_g.pth:UniRain,preset=small or --model OPTION.yml)')
     if not args.model and not args.opt and not args.ckpt:
         parser.error('--arch needs --ckpt (a checkpoint to load)')
+    if args.tile < 0:
+        parser.error(f'--tile {args.tile} must be >= 0 (0 = whole image)')
     if args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         parser.error(f'--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}')
+    if not 0 <= args.quality <= 100:
+        parser.error(f'--quality {args.quality} must be in 0..100')
     return args
 
 
@@ -71,28 +98,63 @@ def peak_memory(device):
     return text
 
 
+def pick_device(name):
+    """The --device value as a torch device name, or UsageError (unknown name, no such GPU)."""
+    import torch
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f'--device {name}: {exc}') from exc
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise UsageError(f'--device {name}: this machine has {count} CUDA device(s); use --device cpu')
+    return name
+
+
+def load_network(args, device):
+    """The network the command line names, or UsageError: a missing file, a bad arch option or checkpoint."""
+    if args.model:
+        if args.model.lower().endswith(('.yml', '.yaml', '.json')) and not os.path.isfile(args.model):
+            raise UsageError(f'--model {args.model}: option file not found')
+        try:
+            checkpoint, network = parse_model_spec(args.model)
+        except yaml.YAMLError as exc:
+            raise UsageError(f'--model {args.model}: an arch option is not a YAML value ({exc})') from exc
+        if checkpoint is None and not isinstance(network, str):
+            raise InferenceError(f'--model {args.model}: derain needs weights (CKPT:ARCH or an option file)')
+        checkpoint = args.ckpt or checkpoint
+    else:
+        checkpoint = args.ckpt
+        network = args.opt or {'type': args.arch, **({'preset': args.preset} if args.preset else {})}
+    try:
+        return load_model(checkpoint, network, device=device, param_key=args.param_key)
+    except (ValueError, TypeError, KeyError, yaml.YAMLError) as exc:  # an unreadable option file, bad arch options
+        raise UsageError(f'cannot load the network {network}: {type(exc).__name__}: {exc}') from exc
+
+
+def one_line(text, limit=600):
+    """An error message on one line (torch lists every mismatched tensor on its own line)."""
+    line = '; '.join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[:limit] + ' ...'
+
+
 def main(argv=None):
     import torch
 
     args = parse_args(argv)
-    device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
     dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else None
     try:
-        if args.model:
-            checkpoint, network = parse_model_spec(args.model)
-            if checkpoint is None and not isinstance(network, str):
-                raise InferenceError(f'--model {args.model}: derain needs weights (CKPT:ARCH or an option file)')
-            checkpoint = args.ckpt or checkpoint
-        else:
-            checkpoint = args.ckpt
-            network = args.opt or {'type': args.arch, **({'preset': args.preset} if args.preset else {})}
-        net = load_model(checkpoint, network, device=device, param_key=args.param_key)
+        device = pick_device(args.device)
+        net = load_network(args, device)
         start = time.perf_counter()
         report = derain_paths(net, args.input, args.output, tile_size=args.tile or None, tile_overlap=args.overlap,
                               dtype=dtype, recursive=args.recursive, skip_existing=args.skip_existing,
-                              quality=args.quality, progress=not args.quiet)
-    except (InferenceError, PhotoBatchError) as exc:
-        print(f'derain: error: {exc}', file=sys.stderr)
+                              quality=args.quality, progress=not args.quiet, max_pixels=args.max_pixels or None)
+    except (InferenceError, PhotoBatchError, UsageError, OSError) as exc:
+        print(f'derain: error: {one_line(exc)}', file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     print(f'derained {len(report.written)} image(s) into {args.output} in {seconds:.1f} s on {device}'
@@ -101,6 +163,9 @@ def main(argv=None):
         print(f'{len(report.failed)} file(s) could not be read and were skipped:', file=sys.stderr)
         for path, reason in report.failed:
             print(f'  {path}: {reason}', file=sys.stderr)
+        if report.too_large:
+            print(f'{len(report.too_large)} of them exceed --max-pixels {args.max_pixels}; a larger --max-pixels '
+                  'derains them where memory allows', file=sys.stderr)
         return 1
     return 0
 

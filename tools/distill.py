@@ -8,7 +8,7 @@
     python tools/distill.py merge -opt F [--include-references]                  # join finished shards
     python tools/distill.py report -opt F                                        # summary + picture again
 
-A stopped or killed score run continues where it stopped when the same command is run again.
+A stopped or killed build-refs or score run continues where it stopped when the same command is run again.
 Exit status: 0 done (or stopped by --max-chunks), 2 a usage, configuration, data or missing-weights error.
 """
 import argparse
@@ -24,9 +24,10 @@ from unirain_data.distillation.reference_db import ReferenceDBError  # noqa: E40
 from unirain_data.distillation.weights import MissingWeightsError  # noqa: E402
 from unirain_utils.image_io import BadImageError  # noqa: E402
 from unirain_data.manifest import ManifestError  # noqa: E402
+from unirain_utils.run_lock import RunLockedError  # noqa: E402
 
 USER_ERRORS = (ConfigError, PromptError, ReferenceDBError, MissingWeightsError, pipeline.WorkDirError, BadImageError,
-               ManifestError, FileNotFoundError, FileExistsError, ImportError)
+               ManifestError, FileNotFoundError, FileExistsError, ImportError, RunLockedError)
 
 
 def parse_args(argv=None):
@@ -91,7 +92,7 @@ def do_build(cfg, overwrite, progress):
     captioner = Captioner(device=device, offline=cfg['offline'], **cfg['captioner'])
     embedder = Embedder(device=device, offline=cfg['offline'], **cfg['embedder'])
     db = build_reference_db(records, db_dir, captioner, embedder, cfg, overwrite=overwrite,
-                            workers=cfg['pipeline']['io_workers'], progress=progress)
+                            workers=cfg['pipeline']['io_workers'], progress=progress, log=print)
     print(f'reference database {db_dir}: {len(db)} references, {len(db.captions)} distinct captions, '
           f'indexes text={db.meta["index"]["text"]} image={db.meta["index"]["image"]}')
 

@@ -4,9 +4,10 @@
     python tools/gpu_check.py --device cpu --quick --out DIR        # every stage on the tiny preset, on CPU
     python tools/gpu_check.py --stages a c --budget c=120 --out DIR # some stages, another time budget
 
-Each stage runs in its own process under a time budget (seconds: a=60, b=150, c=230). The moment a stage
-ends, DIR/<stage>.json holds its rows; a stage that runs out of time (or crashes) is killed and its JSON
-keeps every row it finished, with "complete": false and the reason. Later stages run regardless.
+Each stage runs in its own process (forked from the driver, which imports torch and the project once) under a
+time budget (seconds: a=60, b=150, c=230). The moment a stage ends, DIR/<stage>.json holds its rows; a stage
+that runs out of time (or crashes) is killed with everything it started, and its JSON keeps every row it
+finished, with "complete": false and the reason. Later stages run regardless.
 
 a_correctness   hard MoE on the device equals the CPU result for the same weights (outputs, expert picks,
                 gradients); host synchronisations per forward of the paper preset (CUDA; the grouped
@@ -30,9 +31,10 @@ imported ahead of installed copies, so the pack always checks the code beside it
 """
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {'a': 'a_correctness', 'b': 'b_throughput', 'c': 'c_learning'}
 BUDGETS = {'a': 60, 'b': 150, 'c': 230}
+# Sizes of the GPU pack ('full') and of the CPU dry run ('quick'), in one place.
+MODES = {
+    'full': {
+        'check_preset': 'small', 'moe_size': 96, 'amp_batch': (4, 64), 'tiling': (256, 160, 32),
+        'resume_batches': (4, 64, 4),  # batch, side, count (saved half-way)
+        'bench_preset': 'paper', 'train_batch': (8, 128), 'steps': 10, 'warmup': 2, 'infer_size': 1024,
+        'infer_repeats': 3, 'compile': True, 'compile_nets': ('UniRainDense', 'UniRain'),
+        'needed_s': {'eager': 8, 'compiled': 60},
+        'learn_preset': 'small', 'learn_crop': 128, 'learn_batch': 8, 'held_out': ['chelsea', 'rocket'],
+        'coba': {'coba_freq': 100, 'coba_crop': 128, 'window': 5, 'warmup_updates': 5},
+        'validations': [0.25, 0.5, 0.75, 1.0], 'reserve_s': 45,
+    },
+    'quick': {
+        'check_preset': 'tiny', 'moe_size': 32, 'amp_batch': (2, 16), 'tiling': (96, 64, 32),
+        'resume_batches': (2, 16, 2),  # fp16 autocast on a CPU is slow: one step either side of the save
+        'bench_preset': 'tiny', 'train_batch': (2, 32), 'steps': 1, 'warmup': 0, 'infer_size': 64,
+        'infer_repeats': 1,
+        # traced without code generation; the MoE's graph breaks take ~20 s to trace on a CPU (tests cover them)
+        'compile': {'backend': 'eager'}, 'compile_nets': ('UniRainDense',),
+        'needed_s': {'eager': 2, 'compiled': 2},
+        'learn_preset': 'tiny', 'learn_crop': 32, 'learn_batch': 4, 'held_out': ['chelsea'],
+        'coba': {'coba_freq': 2, 'coba_crop': 32, 'window': 2, 'warmup_updates': 1},
+        'validations': [1.0], 'learn_seconds': 2.0,
+    },
+}
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -62,23 +89,22 @@ def run_stage(key, args, budget, log):
     partial, final = out / f'{name}.partial.jsonl', out / f'{name}.json'
     for path in (partial, final):
         path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', key, '--out', str(out), '--device',
-           args.device, '--deadline', str(time.time() + budget)] + (['--quick'] if args.quick else [])
-    # deterministic cuBLAS for the resume check; must be set before CUDA starts in the child
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'CUBLAS_WORKSPACE_CONFIG': ':4096:8'}
     log.write(f'\n===== {name} (budget {budget:.0f} s) =====\n')
     log.flush()
     start = time.time()
-    # its own process group: a stage out of time goes with its loader workers and compiler processes
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-                            start_new_session=True)
-    try:
-        code = proc.wait(timeout=budget)
-        reason = None if code == 0 else f'the stage process exited with code {code} (see gpu_check.log)'
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # fork: the child starts with torch and the project already imported (no CUDA yet: the driver never
+    # touches it, the child initialises it)
+    proc = multiprocessing.get_context('fork').Process(target=stage_process, name=name,
+                                                       args=(key, args, start + budget, log.fileno()))
+    proc.start()
+    proc.join(budget)
+    if proc.is_alive():
+        kill_stage(proc)
         reason = f'time budget of {budget:.0f} s exceeded: killed; the rows it finished are kept'
+    elif proc.exitcode != 0:
+        reason = f'the stage process exited with code {proc.exitcode} (see gpu_check.log)'
+    else:
+        reason = None
     if reason is None and final.is_file():
         partial.unlink(missing_ok=True)
         return json.loads(final.read_text())
@@ -88,6 +114,19 @@ def run_stage(key, args, budget, log):
     final.write_text(json.dumps(result, indent=1))
     partial.unlink(missing_ok=True)
     return result
+
+
+def kill_stage(proc):
+    """SIGKILL a stage with its loader workers and compiler processes (its own session), never the driver."""
+    try:
+        group = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    if group == os.getpgrp():  # it had not yet left the driver's process group
+        proc.kill()
+    else:
+        os.killpg(group, signal.SIGKILL)
+    proc.join()
 
 
 def summary_lines(result):
@@ -116,14 +155,11 @@ def main():
                         help='stages to run, in order (default: a b c)')
     parser.add_argument('--budget', action='append', default=[], metavar='STAGE=SECONDS',
                         help=f'time budget of a stage (defaults: {", ".join(f"{k}={v}" for k, v in BUDGETS.items())})')
-    parser.add_argument('--worker', choices=sorted(STAGES), help=argparse.SUPPRESS)
-    parser.add_argument('--deadline', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        return worker(args)
     budgets = parse_budgets(args.budget)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    load_project()
     with open(out / 'gpu_check.log', 'a', encoding='utf-8') as log:
         for key in args.stages:
             result = run_stage(key, args, budgets[key], log)
@@ -141,13 +177,14 @@ def main():
 class Stage:
     """What a stage's functions share: device, quick flag, deadline, and the row file written as rows finish."""
 
-    def __init__(self, args):
+    def __init__(self, key, args, deadline):
         import torch
         self.torch = torch
-        self.key, self.name = args.worker, STAGES[args.worker]
+        self.key, self.name = key, STAGES[key]
         self.out = Path(args.out)
         self.quick = args.quick
-        self.deadline = args.deadline
+        self.mode = MODES['quick' if args.quick else 'full']
+        self.deadline = deadline
         self.device = torch.device(args.device)
         self.cuda = self.device.type == 'cuda'
         self.started = time.time()
@@ -203,21 +240,30 @@ def _plain(value):
     return value
 
 
-def worker(args):
+def load_project():
+    """torch, the project's registries and BasicSR's patches, imported once by the driver for every stage."""
     sys.path.insert(0, str(REPO))  # the working tree's code, not an installed copy
-    import torch
+    import torch  # noqa: F401
     import unirain_arch  # noqa: F401  (registers the archs)
     import unirain_data  # noqa: F401  (registers DistilledRainDataset)
     import unirain_losses  # noqa: F401  (registers the strategies and UniRainModel)
     from unirain_utils import compat
     compat.apply()
+
+
+def stage_process(key, args, deadline, log_fd):
+    """A stage's process: its own session (so a kill takes all it started), output into gpu_check.log."""
+    os.setsid()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    if key == 'a':  # deterministic cuBLAS for the resume check; read when cuBLAS starts, in this process
+        os.environ['CUBLAS_WORKSPACE_CONFIG'] = ':4096:8'
+    import torch
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('gpu_check: --device cuda but torch sees no GPU (use --device cpu for a dry run)')
-    torch.set_num_threads(min(8, os.cpu_count() or 1))
-    stage = Stage(args)
-    {'a': stage_a, 'b': stage_b, 'c': stage_c}[args.worker](stage)
+    stage = Stage(key, args, deadline)
+    {'a': stage_a, 'b': stage_b, 'c': stage_c}[key](stage)
     stage.finish()
-    return 0
 
 
 def model_options(stage, network, pixel_opt, amp=None, compile_opt=False, root=None, datasets=None, val=None):
@@ -282,8 +328,8 @@ def stage_a(stage):
     # full fp32 on both sides: TF32 would make the device differ from the CPU by design
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    preset = 'tiny' if stage.quick else 'small'
-    stage.attempt('moe_device_equals_cpu', check_moe_device_vs_cpu, preset, 32 if stage.quick else 96)
+    preset = stage.mode['check_preset']
+    stage.attempt('moe_device_equals_cpu', check_moe_device_vs_cpu, preset, stage.mode['moe_size'])
     stage.attempt('host_syncs_per_forward', check_host_syncs)
     for amp in ('bf16', 'fp16'):
         stage.attempt(f'amp_step_{amp}', check_amp_step, preset, amp)
@@ -353,7 +399,7 @@ def check_host_syncs(stage):
 def check_amp_step(stage, preset, amp):
     torch = stage.torch
     model = build(model_options(stage, {'type': 'UniRain', 'preset': preset}, {'type': 'UniformTypeLoss'}, amp=amp))
-    model.feed_data(random_batch(4, 32 if stage.quick else 64, seed=1))
+    model.feed_data(random_batch(*stage.mode['amp_batch'], seed=1))
     model.optimize_parameters(1)
     loss = float(model.log_dict['l_pix'])
     finite = all(bool(torch.isfinite(p).all()) for p in model.net_g.parameters())
@@ -366,7 +412,7 @@ def check_tiling(stage, preset):
     import copy
     torch = stage.torch
     from unirain_arch.inference import derain_tensor, load_model
-    size, tile, overlap = (96, 64, 32) if stage.quick else (256, 160, 32)
+    size, tile, overlap = stage.mode['tiling']
     net = load_model(network={'type': 'UniRain', 'preset': preset}, allow_untrained=True)
     x = photos(size)[:1]
     cpu_tiled = derain_tensor(net, x, tile_size=tile, tile_overlap=overlap)
@@ -386,7 +432,9 @@ def check_resume(stage, preset, amp):
     import warnings
     torch = stage.torch
     network = {'type': 'UniRain', 'preset': preset}
-    batches = [random_batch(4, 32 if stage.quick else 64, seed=10 + i) for i in range(4)]
+    batch, size, count = stage.mode['resume_batches']
+    batches = [random_batch(batch, size, seed=10 + i) for i in range(count)]
+    stop = len(batches) // 2
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -396,19 +444,19 @@ def check_resume(stage, preset, amp):
             full = build(opt)
             first = build(opt)
             for step, batch in enumerate(batches, start=1):
-                for model in ((full, first) if step <= 2 else (full,)):
+                for model in ((full, first) if step <= stop else (full,)):
                     model.update_learning_rate(step)
                     model.feed_data(batch)
                     model.optimize_parameters(step)
             first.rng_states = first.gather_host_rng_states()
-            first.save_training_state(epoch=0, current_iter=2)
+            first.save_training_state(epoch=0, current_iter=stop)
             with torch.serialization.safe_globals([collections.Counter]):  # CoBa-style histories
-                state = torch.load(os.path.join(root, '2.state'), map_location='cpu', weights_only=True)
+                state = torch.load(os.path.join(root, f'{stop}.state'), map_location='cpu', weights_only=True)
             second = build(opt)
             second.net_g.load_state_dict(first.net_g.state_dict())
             second.net_g_ema.load_state_dict(first.net_g_ema.state_dict())
             second.resume_training(state)
-            for step, batch in enumerate(batches[2:], start=3):
+            for step, batch in enumerate(batches[stop:], start=stop + 1):
                 second.update_learning_rate(step)
                 second.feed_data(batch)
                 second.optimize_parameters(step)
@@ -427,31 +475,27 @@ def check_resume(stage, preset, amp):
 
 def stage_b(stage):
     quiet_basicsr()
-    quick = stage.quick
-    preset = 'tiny' if quick else 'paper'
-    batch, size, steps = (2, 32, 2) if quick else (8, 128, 10)
-    nets = [('UniRain', preset), ('UniRainDense', preset)]
+    mode = stage.mode
+    preset = mode['bench_preset']
+    nets = ('UniRain', 'UniRainDense')
     # eager first: they are the numbers that matter most if the budget runs out
-    items = [('train', net, p, amp, False, False) for net, p in nets for amp in (None, 'bf16')]
-    items += [('train', net, p, 'bf16', False, True) for net, p in nets]
+    items = [('train', net, preset, amp, False, False) for net in nets for amp in (None, 'bf16')]
+    items += [('train', net, preset, 'bf16', False, True) for net in nets]
     items += [('infer', 'UniRain', preset, dtype, decoder) for decoder in ('hard', 'soft')
               for dtype in ('fp32', 'bf16', 'fp16')]
-    # compiled rows last (compilation of the paper nets takes minutes); quick mode traces without code generation
-    compile_opt = {'backend': 'eager'} if quick else True
-    compiled = [('train', net, p, amp, compile_opt, False) for amp in ('bf16', None) for net, p in reversed(nets)]
-    if quick:  # the MoE's graph breaks take ~20 s to trace on a CPU; tests/test_moe_dispatch.py covers them
-        compiled = [item for item in compiled if item[1] == 'UniRainDense']
-    items += compiled
+    # compiled last: compiling the paper nets takes minutes
+    amps = ('bf16', None) if mode['compile'] is True else (None,)
+    items += [('train', net, preset, amp, mode['compile'], False) for amp in amps for net in mode['compile_nets']]
     for item in items:
-        needed = 2 if quick else (60 if item[0] == 'train' and item[4] else 8)
         label = _label(item)
+        needed = mode['needed_s']['compiled' if item[0] == 'train' and item[4] else 'eager']
         if stage.left() < needed:
             stage.add({'check': label, 'skipped': f'{stage.left():.0f} s left of the stage budget'})
             continue
         if item[0] == 'train':
-            stage.attempt(label, measure_training, *item[1:], batch=batch, size=size, steps=steps)
+            stage.attempt(label, measure_training, *item[1:])
         else:
-            stage.attempt(label, measure_inference, *item[1:], size=64 if quick else 1024)
+            stage.attempt(label, measure_inference, *item[1:])
         free_memory(stage)
 
 
@@ -477,8 +521,9 @@ def peak_mib(stage):
     return stage.torch.cuda.max_memory_allocated() / 2 ** 20 if stage.cuda else None
 
 
-def measure_training(stage, net, preset, amp, compile_opt, checkpointing, batch, size, steps):
+def measure_training(stage, net, preset, amp, compile_opt, checkpointing):
     torch = stage.torch
+    (batch, size), steps, warmup = stage.mode['train_batch'], stage.mode['steps'], stage.mode['warmup']
     network = {'type': net, 'preset': preset, 'checkpointing': checkpointing}
     model = build(model_options(stage, network, {'type': 'UniformTypeLoss'}, amp=amp, compile_opt=compile_opt))
     data = random_batch(batch, size, seed=0)
@@ -487,14 +532,14 @@ def measure_training(stage, net, preset, amp, compile_opt, checkpointing, batch,
     model.optimize_parameters(1)
     stage.sync()
     first = time.perf_counter() - start
-    for step in (2, 3):  # warm-up: allocator, kernels, (re)compilation
+    for step in range(2, 2 + warmup):  # allocator, kernels, (re)compilation
         model.feed_data(data)
         model.optimize_parameters(step)
     stage.sync()
     if stage.cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for step in range(4, 4 + steps):
+    for step in range(2 + warmup, 2 + warmup + steps):
         model.feed_data(data)
         model.optimize_parameters(step)
     stage.sync()
@@ -504,13 +549,14 @@ def measure_training(stage, net, preset, amp, compile_opt, checkpointing, batch,
             'compiled_fell_back_to_eager': bool(compile_opt) and model.compiled_g is None}
 
 
-def measure_inference(stage, net, preset, dtype, decoder, size):
+def measure_inference(stage, net, preset, dtype, decoder):
     import statistics
     torch = stage.torch
     from unirain_arch.inference import InferenceError, derain_tensor, load_model
     dtypes = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
     model = load_model(network={'type': net, 'preset': preset, 'decoder_mode': decoder}, device=stage.device,
                        allow_untrained=True)
+    size = stage.mode['infer_size']
     x = torch.rand(1, 3, size, size)
     try:
         derain_tensor(model, x, dtype=dtypes[dtype])  # warm-up
@@ -519,7 +565,7 @@ def measure_inference(stage, net, preset, dtype, decoder, size):
     if stage.cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(1 if stage.quick else 3):
+    for _ in range(stage.mode['infer_repeats']):
         start = time.perf_counter()
         derain_tensor(model, x, dtype=dtypes[dtype])
         times.append(time.perf_counter() - start)
@@ -545,52 +591,49 @@ def stage_c(stage):
     from basicsr.data.data_sampler import EnlargedSampler
     from basicsr.utils import get_root_logger
     from unirain_utils.rain_types import RAIN_TYPES
+    mode, out = stage.mode, stage.out
     type_names = [name.lower() for name in RAIN_TYPES]
-    quick = stage.quick
-    out = stage.out
     for name in ('progress.json', 'progress.png', 'net_g.pth', 'train.log'):
         (out / name).unlink(missing_ok=True)
     logger = get_root_logger(log_file=str(out / 'train.log'))
-    workers = 0 if quick else max(1, min(14, (os.cpu_count() or 2) - 2))
+    workers = 0 if stage.quick else max(1, min(14, (os.cpu_count() or 2) - 2))  # synthesis is CPU work
+    crop, batch = mode['learn_crop'], mode['learn_batch']
     train_set_opt = {
         'name': 'bundled_photos_rain', 'type': 'DistilledRainDataset', 'phase': 'train',
         'synthesize': {'bundled': ['astronaut', 'coffee', 'motorcycle_left', 'motorcycle_right']},
-        'types': list(type_names), 'gt_size': 32 if quick else 128, 'use_hflip': True, 'use_rot': True,
-        'num_worker_per_gpu': workers, 'batch_size_per_gpu': 4 if quick else 8, 'dataset_enlarge_ratio': 2000,
-        'prefetch_mode': None, 'pin_memory': stage.cuda, 'persistent_workers': False}
-    held_out = ['chelsea'] if quick else ['chelsea', 'rocket']
+        'types': type_names, 'gt_size': crop, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': workers,
+        'batch_size_per_gpu': batch, 'dataset_enlarge_ratio': 2000, 'prefetch_mode': None, 'pin_memory': stage.cuda}
     datasets = {'train': train_set_opt}
-    for i, name in enumerate(type_names, start=1):
+    for i, name in enumerate(type_names, start=1):  # held-out photos, fixed rain
         datasets[f'val_{i}'] = {'name': f'val_{name.upper()}', 'type': 'DistilledRainDataset', 'phase': 'val',
-                                'synthesize': {'bundled': held_out, 'seed': 7}, 'types': [name]}
-    val = {'val_freq': 10 ** 9, 'coba_freq': 2 if quick else 100, 'coba_crop': 32 if quick else 128,
-           'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0,
-                                                   'test_y_channel': False}}}
-    preset = 'tiny' if quick else 'small'
-    amp = 'bf16' if stage.cuda else None
-    pixel_opt = {'type': 'CoBaLoss', 'mode': 'paper', 'window': 2 if quick else 5,
-                 'warmup_updates': 1 if quick else 5}
+                                'synthesize': {'bundled': mode['held_out'], 'seed': 7}, 'types': [name]}
+    coba = mode['coba']
+    val = {'val_freq': 10 ** 9, 'coba_freq': coba['coba_freq'], 'coba_crop': coba['coba_crop'], 'save_img': False,
+           'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}}
+    pixel_opt = {'type': 'CoBaLoss', 'mode': 'paper', 'window': coba['window'],
+                 'warmup_updates': coba['warmup_updates']}
+    preset, amp = mode['learn_preset'], 'bf16' if stage.cuda else None
     opt = model_options(stage, {'type': 'UniRain', 'preset': preset}, pixel_opt, amp=amp, datasets=datasets,
                         val=val)
     opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]}
 
     train_set = build_dataset(train_set_opt)
     sampler = EnlargedSampler(train_set, 1, 0, train_set_opt['dataset_enlarge_ratio'])
-    train_loader = build_dataloader(train_set, train_set_opt, num_gpu=opt['num_gpu'], dist=False,
-                                    sampler=sampler, seed=0)
+    train_loader = build_dataloader(train_set, train_set_opt, num_gpu=opt['num_gpu'], dist=False, sampler=sampler,
+                                    seed=0)
     val_sets = [build_dataset(datasets[f'val_{i}']) for i in range(1, 5)]
     val_loaders = [build_dataloader(s, datasets[f'val_{i}'], num_gpu=opt['num_gpu'], dist=False, sampler=None,
                                     seed=0) for i, s in enumerate(val_sets, start=1)]
     model = build(opt)
     model.use_validation_datasets(val_sets)
-    # what is left of the budget, less start-up so far and a reserve for the validations and the weights
-    train_seconds = 4.0 if quick else max(10.0, stage.left() - 45)
-    checkpoints = [0.5, 1.0] if quick else [0.25, 0.5, 0.75, 1.0]
+    # the rest of the budget, less a reserve for the validations and the weights
+    train_seconds = mode.get('learn_seconds') or max(10.0, stage.left() - mode['reserve_s'])
+    validations = list(mode['validations'])
     logger.info(f'gpu_check learning: UniRain {preset}, CoBa, amp {amp}, {train_seconds:.0f} s of training, '
                 f'{workers} loader workers')
     trained, waited, current_iter = 0.0, 0.0, 0
     batches = endless(train_loader, sampler)
-    while checkpoints:
+    while validations:
         start = time.perf_counter()
         data = next(batches)
         fetched = time.perf_counter()
@@ -603,8 +646,8 @@ def stage_c(stage):
         trained += time.perf_counter() - start
         if current_iter % 200 == 0:
             logger.info(f'iter {current_iter}: l_pix {model.log_dict["l_pix"]:.4f}, {current_iter / trained:.1f} it/s')
-        if trained >= checkpoints[0] * train_seconds:
-            checkpoints.pop(0)
+        if trained >= validations[0] * train_seconds:  # validation time is not training time
+            validations.pop(0)
             for loader in val_loaders:
                 model.validation(loader, current_iter, None, False)
     progress = json.loads((out / 'progress.json').read_text())['validations']
@@ -612,11 +655,11 @@ def stage_c(stage):
     torch.save({'params': model.get_bare_model(model.net_g).state_dict()}, out / 'net_g.pth')
     per_type = {name: {'output': last['output'][name], 'input': last['input'][name],
                        'gain': last['output'][name] - last['input'][name]} for name in type_names}
-    stage.add({'check': 'learning', 'pass': all(v['gain'] == v['gain'] for v in per_type.values()),
-               'preset': preset, 'strategy': 'CoBaLoss', 'amp': amp, 'iterations': current_iter,
-               'train_seconds': trained, 'it_per_s': current_iter / trained, 'data_wait_fraction': waited / trained,
-               'batch': [train_set_opt['batch_size_per_gpu'], 3, train_set_opt['gt_size'], train_set_opt['gt_size']],
-               'held_out_photos': held_out, 'psnr_db_per_type': per_type,
+    finite = all(math.isfinite(v['output']) and math.isfinite(v['input']) for v in per_type.values())
+    stage.add({'check': 'learning', 'pass': finite, 'preset': preset, 'strategy': 'CoBaLoss', 'amp': amp,
+               'iterations': current_iter, 'train_seconds': trained, 'it_per_s': current_iter / trained,
+               'data_wait_fraction': waited / trained, 'batch': [batch, 3, crop, crop],
+               'held_out_photos': mode['held_out'], 'psnr_db_per_type': per_type,
                'psnr_db_avg': {'output': last['output']['avg'], 'input': last['input']['avg']},
                'loss_weights': last['weights'], 'validations_at_iter': [r['iter'] for r in progress],
                'weights_MiB': (out / 'net_g.pth').stat().st_size / 2 ** 20})

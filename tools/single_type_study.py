@@ -3,7 +3,7 @@
 Trains one network (any registered arch; UniRain ``tiny`` by default) on a single rain type, synthesised on random
 crops of clean photos, with one pixel loss from BasicSR's registry, and scores whole validation images of that type
 every few iterations: the output's PSNR next to the rainy input's. It is how we found why daytime raindrops stay
-at the input in the 10-minute demo (README, "What the main job does"): L1 keeps the identity, MSE learns them.
+at the input in the 10-minute demo (docs/experiments.md): L1 keeps the identity, MSE learns them.
 
     python tools/single_type_study.py --type drd --loss L1Loss --iters 3000 --out drd_l1.json
     python tools/single_type_study.py --type drd --loss MSELoss --lr 1e-3 --out drd_mse.json

@@ -84,7 +84,9 @@ class HardMoE(MixtureOfExperts):
         gates = weights.to(x.dtype).gather(1, picks.view(-1, self.top_k)).flatten()
         # stable: within one expert's group the samples keep their batch order
         order = picks.argsort(stable=True)
-        counts = torch.bincount(picks, minlength=self.num_experts).tolist()
+        # counted by comparison: CUDA's bincount would read its input's maximum on the host first
+        expert_ids = torch.arange(self.num_experts, device=picks.device)
+        counts = (picks[:, None] == expert_ids).sum(dim=0).tolist()
         grouped = x.index_select(0, order // self.top_k).split(counts)
         grouped_gates = gates.index_select(0, order).split(counts)
         results = [expert(xs) * g[:, None, None, None]

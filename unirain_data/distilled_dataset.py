@@ -2,7 +2,7 @@
 
 Sample keys: ``lq``, ``gt`` (RGB tensors, 3xHxW in [0, 1]), ``lq_path``, ``gt_path`` (paths, or LMDB keys),
 ``type_id`` (int; a LongTensor (B,) once batched) and ``rain_type`` ('DRS', ...). The option keys are
-documented in the README ("Datasets") and in ``DistilledRainDataset.__init__``.
+documented in docs/data.md and in ``DistilledRainDataset.__init__``.
 """
 import os
 import random
@@ -19,7 +19,8 @@ from unirain_data import lmdb_clients
 from unirain_data.bundled_photos import bundled_photo_path
 from unirain_data.manifest import (ManifestError, entries_from_layout, natural_key, resolve_path,
                                    scan_manifest)
-from unirain_utils.image_io import IMAGE_EXTENSIONS, BadImageError, decode_image, is_image_file, match_pair, to_bgr
+from unirain_utils.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImageError, ImageTooLargeError,
+                                    decode_image, is_image_file, match_pair, to_bgr)
 from unirain_utils.rain_types import RAIN_TYPES, type_id, type_name
 
 VERDICT_FILTERS = ('real', 'kept', 'rejected', 'unjudged')  # 'unjudged': verdict null
@@ -27,7 +28,7 @@ DEFAULT_VERDICTS = ('real', 'kept', 'unjudged')
 # Consecutive unreadable samples after which skipping gives up: the data, not one file, is broken.
 MAX_CONSECUTIVE_BAD = 100
 _OWN_KEYS = {'type', 'name', 'phase', 'dataroot', 'manifest', 'types', 'sources', 'verdicts', 'splits', 'io_backend',
-             'gt_size', 'use_hflip', 'use_rot', 'type_balanced', 'on_bad_sample', 'synthesize'}
+             'gt_size', 'use_hflip', 'use_rot', 'type_balanced', 'on_bad_sample', 'synthesize', 'max_pixels'}
 # Keys basicsr itself, or UniRainModel's per-type validation (rain_type), reads from a dataset block.
 _LOADER_KEYS = {'rain_type', 'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory',
                 'persistent_workers', 'num_prefetch_queue', 'use_shuffle', 'scale'}
@@ -91,6 +92,8 @@ class DistilledRainDataset(data.Dataset):
             Instead of clean_root, ``bundled: [astronaut, coffee, ...]`` takes photos that ship inside
             scikit-image (unirain_data.bundled_photos): a dataset that needs no download at all.
             Each clean image yields one sample per type of `types`; train draws a new seed per sample.
+        max_pixels (int): an image with more pixels is a bad sample, refused from its header before decoding
+            (default 100000000; null: no limit). Treated as on_bad_sample says.
     """
 
     def __init__(self, opt):
@@ -104,6 +107,10 @@ class DistilledRainDataset(data.Dataset):
             raise ValueError('DistilledRainDataset: option phase (train | val | test) is missing')
         self.phase = _choice(opt, 'phase', ('train', 'val', 'test'), None)
         self.on_bad = _choice(opt, 'on_bad_sample', ('error', 'skip'), 'error')
+        self.max_pixels = opt.get('max_pixels', DEFAULT_MAX_PIXELS)
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                                            or self.max_pixels < 1):
+            raise ValueError(f'max_pixels must be a positive integer or null (no limit), got {self.max_pixels!r}')
         if self.phase == 'train':
             if not isinstance(opt.get('gt_size'), int) or opt['gt_size'] < 1:
                 raise ValueError(f'gt_size must be a positive integer in the train phase, got {opt.get("gt_size")!r}')
@@ -409,7 +416,10 @@ class DistilledRainDataset(data.Dataset):
         return content
 
     def _decode(self, location, client_key):
-        decoded = decode_image(self._get_bytes(location, client_key), location)
+        try:
+            decoded = decode_image(self._get_bytes(location, client_key), location, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise ImageTooLargeError(f'{exc}; the dataset option max_pixels raises the limit') from exc
         if decoded.alpha_dropped:
             self._note('alpha', f'alpha channel dropped from {location}')
         if decoded.pixels.shape[2] == 1:

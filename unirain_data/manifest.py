@@ -1,6 +1,6 @@
 """Typed dataset manifests: one JSON object per line (JSONL), one rainy/clean pair per line.
 
-Fields of a line (see the README, "Manifest format"):
+Fields of a line (docs/data.md, "Manifest format"):
 
     lq       rainy image: a path (relative paths are relative to the manifest's folder) or an LMDB key
     gt       clean image: a path or an LMDB key
@@ -12,8 +12,10 @@ Fields of a line (see the README, "Manifest format"):
     ...      any other key (votes, references, retrieval scores) is kept verbatim in ``extra``
 """
 import json
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional
 
@@ -55,7 +57,12 @@ class ManifestEntry:
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValueError(f'{key!r} must be a non-empty path or LMDB key, got {getattr(self, key)!r}')
         if self.score is not None:
-            self.score = float(self.score)
+            if isinstance(self.score, bool):
+                raise ValueError(f'score must be a number or null, got {self.score!r}')
+            score = float(self.score)
+            if not math.isfinite(score):
+                raise ValueError(f'score must be a finite number or null, got {self.score!r}')
+            self.score = score
 
     def to_dict(self):
         record = {key: getattr(self, key) for key in _FIELDS}
@@ -74,20 +81,57 @@ class ManifestEntry:
         return cls(**known, extra=extra)
 
 
+_FILE_KINDS = ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a named pipe (FIFO)'), (stat.S_ISCHR, 'a character device'),
+               (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'))
+
+
+def _check_regular_file(path):
+    """FileNotFoundError for a missing manifest; ManifestError naming what else the path is (never opened: a FIFO
+    would block and a device would never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f'manifest not found: {path}') from None
+    except OSError as exc:
+        raise ManifestError(f'{path}: cannot be read as a manifest ({exc.strerror or exc})') from exc
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), 'not a regular file')
+        raise ManifestError(f'{path}: is {kind}, not a manifest file (JSON lines)')
+
+
+def _parse_line(raw):
+    """One manifest line (bytes) -> ManifestEntry; ValueError / TypeError / RecursionError say what is wrong."""
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as exc:
+        raise ValueError(f'not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})') from None
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        raise ValueError('JSON nested too deeply to be a manifest entry') from None
+    return ManifestEntry.from_dict(record)
+
+
 def _parse_lines(path):
-    """(line number, entry or the ManifestError of that line) for every non-blank line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'manifest not found: {path}')
-    with open(path, encoding='utf-8') as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, ManifestEntry.from_dict(json.loads(line))
-            except (ValueError, TypeError) as exc:
-                error = ManifestError(f'{path}:{number}: {exc}')
-                error.__cause__ = exc
-                yield number, error
+    """(line number, entry or the ManifestError of that line) for every non-blank line.
+
+    A line that is not UTF-8, not JSON, nested too deeply or not a valid entry (a NaN or infinite score included)
+    is that line's ManifestError; a path that is not a regular file is an error for the whole manifest.
+    """
+    _check_regular_file(path)
+    try:
+        with open(path, 'rb') as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield number, _parse_line(raw)
+                except (ValueError, TypeError) as exc:
+                    error = ManifestError(f'{path}:{number}: {exc}')
+                    error.__cause__ = exc
+                    yield number, error
+    except OSError as exc:
+        raise ManifestError(f'{path}: cannot be read ({exc.strerror or exc})') from exc
 
 
 def iter_manifest(path) -> Iterator[ManifestEntry]:

@@ -1,9 +1,9 @@
 """Night rendering of a daytime photo: low light, street lights with a colour cast, glow, and sensor noise.
 
 The scene is relit in linear light: a dim ambient (sky glow / moonlight) plus pools of light from a few
-street lamps, some visible as small saturated cores that bloom, and many small distant lights (windows, cars).
-Lights stand on the scene, never in the sky of the day photo, and lamps do not light the sky (it is far away).
-Noise is a separate step because it is a degradation of the rainy input, not part of the clean night target.
+street lamps, some visible as small saturated cores that bloom. A lamp stands on the scene: one drawn over the
+sky of the day photo moves down to the skyline, so none floats in the sky. Noise is a separate step because it
+is a degradation of the rainy input, not part of the clean night target.
 Sizes are in pixels (see rain_streaks.py).
 """
 from dataclasses import dataclass
@@ -31,22 +31,21 @@ CASTS = {
 @dataclass(frozen=True)
 class NightConfig:
     """Ranges ``(low, high)`` one night scene's parameters are drawn from."""
-    ambient: tuple = (0.008, 0.03)       # sky glow / moonlight illuminance, linear (1 = daylight)
-    lights_per_area: tuple = (0.3, 1.2)  # street lights per 256 x 256 pixels in and around the frame (>= 1)
+    ambient: tuple = (0.004, 0.015)       # sky glow / moonlight illuminance, linear (1 = daylight)
+    lights_per_area: tuple = (1.5, 4.0)  # street lights per 256 x 256 pixels in and around the frame (>= 1)
     light_reach: tuple = (30.0, 110.0)   # Gaussian sigma of a lamp's pool of light, pixels
     light_strength: tuple = (0.2, 0.7)   # peak illuminance of a pool, linear
-    max_mean_light: float = 0.06         # lamps are dimmed together so their mean illuminance stays below this
-    rain_scatter: tuple = (1.5, 3.0)     # how much brighter falling rain is than a white wall under the same light
+    max_mean_light: float = 0.025        # lamps are dimmed together so their mean illuminance stays below this
+    rain_scatter: tuple = (1.0, 2.0)     # how much brighter falling rain is than a white wall under the same lamp
+    rain_ambient: tuple = (0.2, 0.5)     # how much of the diffuse ambient light falling rain returns (wall = 1)
     lamp_radius: tuple = (1.5, 4.5)      # radius of a lamp seen in the image, pixels
-    distant_lights: tuple = (20.0, 60.0)  # small lights without a pool of their own, per megapixel
-    distant_radius: tuple = (1.0, 2.2)   # their radius in the image, pixels
     casts: tuple = ('sodium', 'blue', 'mixed')  # colour casts to choose from (keys of CASTS)
-    tone: tuple = (1.0, 1.3)             # extra power of the tone curve; above 1 crushes the shadows
+    tone: tuple = (1.1, 1.4)             # extra power of the tone curve; above 1 crushes the shadows
     glow_threshold: tuple = (0.3, 0.6)   # linear level above which light blooms
     glow_sigma: tuple = (8.0, 24.0)      # size of the glow around lights, pixels (a wider halo is 3x this)
-    glow_strength: tuple = (0.6, 1.4)    # glow brightness
-    shot_noise: tuple = (0.0, 0.0006)    # Poisson part: noise variance per unit of linear signal
-    read_noise: tuple = (0.0, 0.0006)    # Gaussian part: noise standard deviation, linear
+    glow_strength: tuple = (0.4, 1.0)    # glow brightness
+    shot_noise: tuple = (0.0, 0.0001)    # Poisson part: noise variance per unit of linear signal
+    read_noise: tuple = (0.0, 0.0001)    # Gaussian part: noise standard deviation, linear
 
 
 @dataclass
@@ -65,7 +64,21 @@ def _gaussian_pool(height, width, cx, cy, sigma):
     return np.outer(gy, gx)
 
 
-def _smooth_blur(image, sigma):
+def _add_core(emitted, cx, cy, radius, colour):
+    """Add a lamp's saturated core (a Gaussian of sigma ``radius`` at 1.6x, clipped to 1, times ``colour``) in
+    place; only the window where it is visible is computed, so many lamps on a large photo stay cheap."""
+    height, width = emitted.shape[:2]
+    reach = int(np.ceil(4 * radius))
+    x0, x1 = max(int(cx) - reach, 0), min(int(cx) + reach + 1, width)
+    y0, y1 = max(int(cy) - reach, 0), min(int(cy) + reach + 1, height)
+    if x0 >= x1 or y0 >= y1:
+        return
+    gx = np.exp(-(np.arange(x0, x1, dtype=np.float32) - cx) ** 2 / (2 * radius ** 2))
+    gy = np.exp(-(np.arange(y0, y1, dtype=np.float32) - cy) ** 2 / (2 * radius ** 2))
+    emitted[y0:y1, x0:x1] += np.clip(np.outer(gy, gx) * 1.6, 0, 1)[..., None] * colour
+
+
+def smooth_blur(image, sigma):
     """Gaussian blur for large sigmas: a glow is smooth, so blurring a downscaled copy looks the same, faster."""
     factor = max(1, min(int(sigma // 4), min(image.shape[:2]) // 8))
     if factor == 1:
@@ -102,26 +115,22 @@ def render_night(clean, config, rng):
         reach = rng.uniform(*cfg.light_reach)
         pool = _gaussian_pool(height, width, lx, ly + 0.5 * reach, reach)  # lamps hang above what they light
         lamps += rng.uniform(*cfg.light_strength) * pool[..., None] * colour
-        core = _gaussian_pool(height, width, lx, ly, rng.uniform(*cfg.lamp_radius))
-        emitted += 6.0 * np.clip(core * 1.6, 0, 1)[..., None] * colour
-    # windows, cars, distant street lights: small cores anywhere on the scene, lighting nothing around them
-    scene = np.flatnonzero(~sky)
-    count = rng.poisson(rng.uniform(*cfg.distant_lights) * height * width / 1e6) if len(scene) else 0
-    for index in rng.choice(scene, count) if count else ():
-        colour = np.asarray(LAMP_COLOURS[lamp_choices[int(rng.integers(len(lamp_choices)))]], np.float32)
-        core = _gaussian_pool(height, width, index % width, index // width, rng.uniform(*cfg.distant_radius))
-        emitted += rng.uniform(2.0, 6.0) * np.clip(core * 1.6, 0, 1)[..., None] * colour
-    # many lamps would light the scene like day, so they are dimmed together; the sky is out of their reach
-    illuminance = lamps * min(1.0, cfg.max_mean_light / max(float(lamps.mean()), 1e-6)) * ~sky[..., None]
-    illuminance += rng.uniform(*cfg.ambient) * np.asarray(ambient_colour, np.float32)
+        _add_core(emitted, lx, ly, rng.uniform(*cfg.lamp_radius), 6.0 * colour)
+    # many lamps would light the scene like day, so they are dimmed together
+    lamps = lamps * min(1.0, cfg.max_mean_light / max(float(lamps.mean()), 1e-6))
+    ambient = rng.uniform(*cfg.ambient) * np.asarray(ambient_colour, np.float32)
+    illuminance = lamps + ambient
     linear = clean.astype(np.float32) ** DISPLAY_GAMMA * illuminance + emitted
     bright = np.maximum(linear - rng.uniform(*cfg.glow_threshold), 0)
     sigma = rng.uniform(*cfg.glow_sigma)
-    glow = _smooth_blur(bright, sigma) + 0.5 * _smooth_blur(bright, 3 * sigma)
+    glow = smooth_blur(bright, sigma) + 0.5 * smooth_blur(bright, 3 * sigma)
     linear = linear + rng.uniform(*cfg.glow_strength) * glow
     exponent = rng.uniform(*cfg.tone) / DISPLAY_GAMMA
     image = np.clip(linear, 0, 1) ** exponent
-    light = np.clip(rng.uniform(*cfg.rain_scatter) * (illuminance + glow), 0, 1) ** exponent
+    # falling drops scatter the direct light of lamps and glows forwards; of the diffuse sky light they return
+    # less than a wall would (they are clear): in the dark, streaks are faint
+    scatter = rng.uniform(*cfg.rain_scatter) * (lamps + glow) + rng.uniform(*cfg.rain_ambient) * ambient
+    light = np.clip(scatter, 0, 1) ** exponent
     return NightScene(image.astype(np.float32), light.astype(np.float32), float(exponent))
 
 

@@ -71,12 +71,13 @@ def coverage_raw(rainy, clean):
 
 
 def drop_mask(rainy, clean, valid=None):
-    """Pixels covered by drops: mean |rainy - clean| over channels, lightly smoothed, above 20/255, then opened.
+    """Pixels covered by drops: mean |rainy - clean| over channels, 3x3 median, above 20/255, then opened.
 
-    The smoothing fills a drop's interior where the scene behind happens to match; the 3x3 opening removes the
-    one-pixel edges that a residual misalignment of a real pair leaves along every contour.
+    The median fills single pixels inside a drop where the scene behind happens to match, without moving a
+    drop's edge; the 3x3 opening removes the one-pixel edges that a residual misalignment of a real pair leaves
+    along every contour.
     """
-    difference = cv2.GaussianBlur(np.abs(np.asarray(rainy, np.float32) - clean).mean(-1), (0, 0), 1.0)
+    difference = cv2.medianBlur(np.abs(np.asarray(rainy, np.float32) - clean).mean(-1), 3)
     mask = (difference > DIFFERENCE_THRESHOLD).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     return mask & valid if valid is not None else mask
@@ -157,7 +158,7 @@ def axial_spread(angles, weights=None):
     """Circular standard deviation (degrees) of axial angles (a and a + 180 are the same line), and their mean."""
     doubled = np.exp(2j * np.radians(np.asarray(angles, np.float64)))
     mean = np.average(doubled, weights=weights)
-    spread = np.degrees(np.sqrt(-2 * np.log(max(abs(mean), 1e-12))) / 2)
+    spread = np.degrees(np.sqrt(-2 * np.log(min(max(abs(mean), 1e-12), 1.0))) / 2)
     return float(spread), float(np.degrees(np.angle(mean)) / 2)
 
 
@@ -212,13 +213,15 @@ def noise_sigma(image, exclude=None):
 
 
 def sky_mask(day, level=0.4, texture=0.03):
-    """Sky of a daytime photo: bright, smooth pixels connected to the top border (H, W) bool.
+    """Sky of a daytime photo: bright, smooth, blue-to-grey pixels connected to the top border (H, W) bool.
 
     Bright: luminance above ``level`` after a light blur; smooth: local standard deviation (sigma 3) below
-    ``texture``. Clouds and haze qualify; roofs, trees and walls have texture or are dark.
+    ``texture``; sky-coloured: blue at least as strong as red. Clouds and haze qualify; roofs, trees, walls and
+    warm backdrops have texture, are dark or are red.
     """
-    y = cv2.GaussianBlur(luminance(day), (0, 0), 1.5)
-    candidate = ((y > level) & (_local_std(y, 3.0) < texture)).astype(np.uint8)
+    smooth = cv2.GaussianBlur(np.asarray(day, np.float32), (0, 0), 1.5)
+    y = luminance(smooth)
+    candidate = ((y > level) & (_local_std(y, 3.0) < texture) & (smooth[..., 0] >= smooth[..., 2])).astype(np.uint8)
     _, labels = cv2.connectedComponents(candidate, connectivity=4)
     top = np.unique(labels[0][candidate[0] > 0])
     return np.isin(labels, top) if len(top) else np.zeros(y.shape, bool)

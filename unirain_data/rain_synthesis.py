@@ -36,9 +36,10 @@ DEFAULT_CONFIGS = {
     'DRS': RainTypeConfig(streaks=StreakConfig()),
     'DRD': RainTypeConfig(drops=DropConfig()),
     # streaks lit by lamps stand out more than daylight ones, so they are fainter in themselves
-    'NRS': RainTypeConfig(streaks=StreakConfig(intensity=(0.45, 0.85)), night=NightConfig()),
-    # drops on a dark scene show little but their highlights and the lamps they refract
-    'NRD': RainTypeConfig(drops=DropConfig(coverage=(0.15, 0.35), highlight=(0.5, 0.9)), night=NightConfig()),
+    'NRS': RainTypeConfig(streaks=StreakConfig(density=(0.00015, 0.0012), width=(2.0, 3.2), intensity=(0.45, 0.85)),
+                          night=NightConfig()),
+    # drops on a dark scene show little but their highlights and the lamps they refract and scatter
+    'NRD': RainTypeConfig(drops=DropConfig(highlight=(0.2, 0.6)), night=NightConfig()),
 }
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from unirain_data.night import smooth_blur
+
 AMBIENT_SIGMA = 40.0  # pixels: the neighbourhood whose light a drop scatters (much wider than a drop)
 
 
@@ -64,49 +66,52 @@ def render_drops(height, width, config, rng):
     zoom = rng.uniform(*cfg.zoom)
     rim = rng.uniform(*cfg.rim)
     shine = rng.uniform(*cfg.highlight)
-    harmonics = np.arange(2, 5)
-    for radius in _drop_radii(height, width, cfg, rng):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        aspect = rng.uniform(*cfg.aspect)
-        tilt = rng.uniform(0, np.pi)
-        wobble = rng.uniform(*cfg.irregularity) * rng.uniform(-1, 1, 3) / np.sqrt(harmonics)
-        phases = rng.uniform(0, 2 * np.pi, 3)
-        opacity = rng.uniform(*cfg.opacity)
-        haze = rng.uniform(*cfg.haze)
+    radii = np.asarray(_drop_radii(height, width, cfg, rng), np.float32)
+    count = len(radii)
+    # every drop's parameters in one draw per kind: a Python loop over thousands of drops must stay lean
+    centres = rng.uniform((0, 0), (width, height), (count, 2)).astype(np.float32)
+    aspects = rng.uniform(*cfg.aspect, count)
+    tilts = rng.uniform(0, np.pi, count)
+    harmonics = np.arange(2, 5, dtype=np.float32)[:, None, None]
+    wobbles = (rng.uniform(*cfg.irregularity, (count, 1)) * rng.uniform(-1, 1, (count, 3))
+               / np.sqrt(harmonics[:, 0, 0])).astype(np.float32)
+    phases = rng.uniform(0, 2 * np.pi, (count, 3)).astype(np.float32)
+    opacities = rng.uniform(*cfg.opacity, count).astype(np.float32)
+    hazes = rng.uniform(*cfg.haze, count).astype(np.float32)
+    for radius, (cx, cy), aspect, tilt, wobble, phase, opacity, haze in zip(
+            radii, centres, aspects, tilts, wobbles, phases, opacities, hazes):
         reach = radius * (1 + np.abs(wobble).sum())
         x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 2, width)
         y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, height)
         if x0 >= x1 or y0 >= y1:
             continue
-        dx, dy = np.meshgrid(np.arange(x0, x1, dtype=np.float32) - cx, np.arange(y0, y1, dtype=np.float32) - cy)
-        u = dx * np.cos(tilt) + dy * np.sin(tilt)
-        v = (dy * np.cos(tilt) - dx * np.sin(tilt)) / aspect
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+        cos, sin = np.float32(np.cos(tilt)), np.float32(np.sin(tilt))
+        u = dx * cos + dy * sin
+        v = (dy * cos - dx * sin) / np.float32(aspect)
         phi = np.arctan2(v, u)
-        boundary = radius * (1 + (wobble[:, None, None] * np.cos(
-            harmonics[:, None, None] * phi + phases[:, None, None])).sum(0))
-        rho = np.sqrt(u ** 2 + v ** 2) / boundary
-        cap = np.sqrt(np.clip(1 - rho ** 2, 0, 1)) * radius  # a spherical cap's thickness
+        boundary = radius * (1 + (wobble[:, None, None] * np.cos(harmonics * phi + phase[:, None, None])).sum(0))
+        rho = np.sqrt(u * u + v * v) / boundary
+        cap = np.sqrt(np.clip(1 - rho * rho, 0, 1)) * radius  # a spherical cap's thickness
         win = (rho < 1) & (cap > thickness[y0:y1, x0:x1])
         if not win.any():
             continue
         # inverted and squeezed towards the rim, like a fisheye: the offset grows faster than linearly
-        spread = zoom * (1 + 0.8 * rho ** 2)
-        map_x[y0:y1, x0:x1][win] = (cx - dx * spread)[win]
-        map_y[y0:y1, x0:x1][win] = (cy - dy * spread)[win]
-        thickness[y0:y1, x0:x1][win] = cap[win]
-        mask[y0:y1, x0:x1][win] = opacity
-        shade[y0:y1, x0:x1][win] = (1 - rim * rho ** 4)[win]
+        spread = zoom * (1 + 0.8 * rho * rho)
         # diffuse haze over the whole drop, strongest where the water is thickest; a specular spot up top
         spot = ((dx + 0.25 * radius) ** 2 + (dy + 0.45 * radius) ** 2) / (0.22 * radius) ** 2
-        scattered = haze * (0.6 + 0.4 * cap / radius) + shine * np.exp(-spot)
-        highlight[y0:y1, x0:x1][win] = np.clip(scattered, 0, 1)[win]
+        scattered = np.clip(haze * (0.6 + 0.4 * cap / radius) + shine * np.exp(-spot), 0, 1)
+        for target, value in ((map_x, cx - dx * spread), (map_y, cy - dy * spread), (thickness, cap),
+                              (mask, opacity), (shade, 1 - rim * rho ** 4), (highlight, scattered)):
+            np.copyto(target[y0:y1, x0:x1], value, where=win, casting='unsafe')
     return map_x, map_y, mask, shade, highlight
 
 
 def ambient_light(image):
     """The diffuse light around each pixel that a drop there scatters: the image blurred over AMBIENT_SIGMA pixels,
     lifted towards the brightest part of the image (drops catch the sky, not only what lies right behind them)."""
-    local = cv2.GaussianBlur(image, (0, 0), AMBIENT_SIGMA)
+    local = smooth_blur(image, AMBIENT_SIGMA)
     bright = np.percentile(local.reshape(-1, 3), 90, axis=0).astype(np.float32)
     return np.maximum(local, bright)
 

@@ -2,8 +2,9 @@
 
 Written into the experiment folder at every validation so a person can watch a run without tensorboard.
 Weights are also recorded at every reweighting update (CoBa updates far more often than full validations run)
-and drawn at that resolution. On resume the history is reloaded and cut at the resumed iteration, so the plot
-continues seamlessly.
+and drawn at that resolution. What was added since the last write is also written with every checkpoint
+(``save_changes``), so a run killed and resumed from that checkpoint finds its history up to it; on resume the
+history is reloaded and cut at the resumed iteration, so the plot continues seamlessly.
 """
 import json
 import os
@@ -23,6 +24,7 @@ class ProgressPlot:
         self.png_path = os.path.join(folder, 'progress.png')
         self.records = []
         self.weight_history = []
+        self.unsaved = False
         if resume_iter is not None and os.path.isfile(self.json_path):
             with open(self.json_path) as f:
                 saved = json.load(f)
@@ -33,6 +35,7 @@ class ProgressPlot:
         """Weights after a reweighting update ({type: w}); drawn at the next validation."""
         self.weight_history = [r for r in self.weight_history if r['iter'] != current_iter]
         self.weight_history.append({'iter': int(current_iter), 'weights': dict(weights)})
+        self.unsaved = True
 
     def add(self, current_iter, metric, per_type, per_type_input, weights):
         """per_type / per_type_input: {type or 'avg': value}; weights: {type: w} (may be empty)."""
@@ -42,14 +45,22 @@ class ProgressPlot:
         self.save()
 
     def save(self):
+        """Write progress.json, and progress.png once there is something to draw."""
         atomic_write(self.json_path, json.dumps({'validations': self.records, 'weights': self.weight_history},
                                                 indent=1))
-        self._plot()
+        self.unsaved = False
+        if self.records or self.weight_history:
+            self._plot()
+
+    def save_changes(self):
+        """Save if anything was added since the last save (weights between validations)."""
+        if self.unsaved:
+            self.save()
 
     def _plot(self):
         iters = [r['iter'] for r in self.records]
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-        names = [n for n in self.records[-1]['output'] if n != 'avg'] + ['avg']
+        names = [n for n in self.records[-1]['output'] if n != 'avg'] + ['avg'] if self.records else []
         colors = {name: f'C{i}' for i, name in enumerate(names)}
         for name in names:
             top.plot(iters, [r['output'].get(name) for r in self.records], color=colors[name],
@@ -57,9 +68,11 @@ class ProgressPlot:
             inputs = [r['input'].get(name) for r in self.records]
             if any(v is not None for v in inputs):
                 top.plot(iters, inputs, color=colors[name], ls=':', lw=1)
-        metric = self.records[-1]['metric']
-        top.set_ylabel(f'validation {metric} (dotted: rainy input)')
-        top.legend(fontsize=8, ncol=3)
+        if self.records:
+            top.set_ylabel(f'validation {self.records[-1]["metric"]} (dotted: rainy input)')
+            top.legend(fontsize=8, ncol=3)
+        else:
+            top.set_ylabel('validation (none yet)')
         top.grid(alpha=0.3)
         history = self.weight_history or [{'iter': r['iter'], 'weights': r['weights']} for r in self.records]
         weight_names = list(history[-1]['weights'])

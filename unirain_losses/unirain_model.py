@@ -106,6 +106,7 @@ class UniRainModel(SRModel):
         self.num_val_datasets = sum(1 for phase in opt['datasets'] if phase != 'train')
         self.type_metrics = TypeMetrics(self.type_names)
         self.val_datasets_seen = 0
+        self.validated = set()  # (dataset name, iteration) validated by this process
 
     # ----------------------------------------------------------------------------------------- training setup
     def init_training_settings(self):
@@ -341,6 +342,21 @@ class UniRainModel(SRModel):
                 self.output = forward(self.lq)
         net.train(was_training)
 
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        """BasicSR's validation, run once per iteration and logged at the iteration of the weights it measures.
+
+        basicsr's training loop ends with ``current_iter = total_iter + 1`` and then validates again, right after
+        the in-loop validation of ``total_iter`` when ``val_freq`` divides it: that call is logged at total_iter
+        and skipped when this process already validated there.
+        """
+        if self.opt.get('is_train') and isinstance(current_iter, int):
+            current_iter = min(current_iter, int(self.opt['train']['total_iter']))
+            key = (dataloader.dataset.opt['name'], current_iter)
+            if key in self.validated:
+                return
+            self.validated.add(key)
+        super().validation(dataloader, current_iter, tb_logger, save_img)
+
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         dataset_opt = dataloader.dataset.opt
         dataset_name = dataset_opt['name']
@@ -450,6 +466,9 @@ class UniRainModel(SRModel):
     def save(self, epoch, current_iter):
         self.rng_states = self.gather_host_rng_states()
         super().save(epoch, current_iter)
+        plot = self.progress_plot()
+        if plot is not None:  # with the checkpoint, so a run resumed from it keeps the history up to it
+            plot.save_changes()
 
     @staticmethod
     def gather_host_rng_states():

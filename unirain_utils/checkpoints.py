@@ -12,10 +12,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, damaged, or holding code; the message names the file."""
 
 
-def _unpickler_reason(exc):
-    """The line of torch's refusal that says which global was refused (its other lines are boilerplate)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return next((line for line in lines if 'GLOBAL' in line), lines[0] if lines else type(exc).__name__)
+def _unpickler_problem(exc):
+    """(refused global or None, detail) from torch's weights-only error, whose other lines are generic advice."""
+    text = str(exc)
+    refused = next((line.strip() for line in text.splitlines() if 'GLOBAL' in line), None)
+    if refused:
+        return refused.split('. ')[0], None
+    detail = text.split('WeightsUnpickler error:', 1)[-1].split('Check the documentation')[0]
+    return None, ' '.join(detail.split()) or type(exc).__name__
 
 
 def load_checkpoint(path, map_location=None, allowed_globals=()):
@@ -28,12 +32,15 @@ def load_checkpoint(path, map_location=None, allowed_globals=()):
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused, detail = _unpickler_problem(exc)
+        if refused is None:
+            raise CheckpointError(f'{path}: not a readable torch checkpoint (damaged?): {detail}') from exc
         raise CheckpointError(f'{path}: refused: it holds Python objects other than tensors and plain containers, '
-                              f'and loading them could run code ({_unpickler_reason(exc)}); if you trust the file, '
-                              're-save only its tensors') from exc
+                              f'and loading them could run code ({refused}); if you trust the file, re-save only '
+                              'its tensors') from exc
     except OSError as exc:
         raise CheckpointError(f'{path}: cannot read it ({exc.strerror or exc})') from exc
     except (RuntimeError, EOFError, ValueError) as exc:  # torch's errors for truncated, empty or foreign files
         # torch's first sentence says what failed; the rest is generic advice
         reason = str(exc).split('. ')[0].splitlines()[0] if str(exc) else 'it ends early'
-        raise CheckpointError(f'{path}: not a readable torch checkpoint (damaged or truncated?): {reason}') from exc
+        raise CheckpointError(f'{path}: not a readable torch checkpoint (damaged?): {reason}') from exc

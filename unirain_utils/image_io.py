@@ -7,9 +7,14 @@ Images follow BasicSR: numpy HxWx3 float32 BGR in [0, 1]. Rules, in one place:
 - training data (``decode_image``) drops an alpha channel and keeps grayscale 1-channel until ``match_pair``;
 - photos (``read_image``) are turned as their EXIF orientation says, keep their alpha channel and bit depth in
   an ``ImageMeta`` so that ``write_image`` saves the result in the input's format;
-- a truncated JPEG is refused (OpenCV would decode it with a grey bottom and only a warning).
+- a truncated JPEG is refused (OpenCV would decode it with a grey bottom and only a warning);
+- an image whose header declares more than ``max_pixels`` pixels (default DEFAULT_MAX_PIXELS) is refused with
+  ImageTooLargeError before anything is decoded: a small compressed file can expand to gigabytes.
 """
+import contextlib
+import io
 import os
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,10 +26,17 @@ from unirain_utils.files import atomic_write
 IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _EXIF_ORIENTATION = 0x0112
+# 100 megapixels: a 10000x10000 photo; tiled derain holds about 30 bytes per pixel of it (3 GB)
+DEFAULT_MAX_PIXELS = 100_000_000
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class BadImageError(ValueError):
     """An image that cannot be used; the message names it."""
+
+
+class ImageTooLargeError(BadImageError):
+    """An image with more pixels than the caller's limit, refused from its header before decoding."""
 
 
 def is_image_file(name):
@@ -32,18 +44,71 @@ def is_image_file(name):
     return os.path.splitext(str(name))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _decode_raw(content, name):
-    """Bytes -> HxWxC uint8/uint16 array (C = 1, 3 or 4) as stored, or BadImageError."""
+@contextlib.contextmanager
+def _pil_open(source):
+    """PIL's lazy Image.open (header only), without PIL's own pixel limit: the callers apply ``max_pixels``.
+
+    PIL refuses images above 2 * Image.MAX_IMAGE_PIXELS (179 MP) inside ``open``, before the size can be
+    read, which would turn a limit raised above that into "unreadable". The module-wide setting is lifted
+    only for the open (the header parse), under a lock.
+    """
+    from PIL import Image
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
+
+
+def image_size(source):
+    """(width, height) read from the header of an image file (path) or its bytes, without decoding pixels.
+
+    None when PIL does not recognise the header (a format it lacks, or a damaged file: OpenCV decides).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    try:
+        with _pil_open(source) as im:
+            return im.size
+    except Exception:  # PIL raises many types for headers it cannot parse
+        return None
+
+
+def check_pixels(name, width, height, max_pixels):
+    """ImageTooLargeError naming ``name`` and its size when width * height is above ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f'{name}: {width}x{height} = {width * height:,} pixels, above the limit of '
+                                 f'{max_pixels:,} pixels (refused before decoding, to bound memory)')
+
+
+def _check_header(source, name, max_pixels):
+    if max_pixels is None:
+        return None
+    size = image_size(source)
+    if size is not None:
+        check_pixels(name, *size, max_pixels)
+    return size
+
+
+def _decode_raw(content, name, max_pixels=DEFAULT_MAX_PIXELS):
+    """Bytes -> HxWxC uint8/uint16 array (C = 1, 3 or 4) as stored, or BadImageError (ImageTooLargeError above
+    ``max_pixels``)."""
     if content is None:
         raise BadImageError(f'{name}: no data')
     if len(content) == 0:
         raise BadImageError(f'{name}: empty file (0 bytes)')
+    header = _check_header(content, name, max_pixels)
     try:
         img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise BadImageError(f'{name}: cannot be decoded ({exc})') from exc
     if img is None:
         raise BadImageError(f'{name}: not a decodable image, corrupt or truncated ({len(content)} bytes)')
+    if header is None and max_pixels is not None:  # a header only OpenCV reads: checked after decoding
+        check_pixels(name, img.shape[1], img.shape[0], max_pixels)
     if img.dtype not in _SCALES:
         raise BadImageError(f'{name}: unsupported pixel type {img.dtype}; expected 8-bit or 16-bit integers')
     if img.ndim == 2:
@@ -54,7 +119,9 @@ def _decode_raw(content, name):
 
 
 def _to_float(img):
-    return np.ascontiguousarray(img, dtype=np.float32) / np.float32(_SCALES[img.dtype])
+    out = np.array(img, dtype=np.float32, order='C')
+    out /= _SCALES[img.dtype]  # in place: one full-size float array, not two
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- training data
@@ -64,9 +131,12 @@ class Decoded(NamedTuple):
     alpha_dropped: bool
 
 
-def decode_image(content, name) -> Decoded:
-    """Bytes of one image file -> Decoded; ``name`` (path or LMDB key) goes into every error message."""
-    img = _decode_raw(content, name)
+def decode_image(content, name, max_pixels=DEFAULT_MAX_PIXELS) -> Decoded:
+    """Bytes of one image file -> Decoded; ``name`` (path or LMDB key) goes into every error message.
+
+    Above ``max_pixels`` (None: no limit) ImageTooLargeError is raised from the header, before decoding.
+    """
+    img = _decode_raw(content, name, max_pixels)
     alpha_dropped = img.shape[2] == 4
     if alpha_dropped:
         img = img[..., :3]
@@ -130,8 +200,7 @@ class ImageMeta:
 
 def _exif_orientation(path):
     try:
-        from PIL import Image
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             return int(im.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # no EXIF, or a format PIL does not read: nothing to rotate
         return 1
@@ -155,19 +224,25 @@ def _apply_orientation(img, orientation):
 
 
 def _check_jpeg_complete(path):
-    from PIL import Image
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             im.load()
     except Exception as exc:
         raise BadImageError(f'{path}: damaged JPEG ({exc})') from exc
 
 
-def read_image(path):
-    """(HxWx3 BGR float32 in [0, 1], ImageMeta) of a photo: 8/16-bit gray, BGR or BGRA; BadImageError else."""
-    raw = _decode_raw(read_file(path), path)
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """(HxWx3 BGR float32 in [0, 1], ImageMeta) of a photo: 8/16-bit gray, BGR or BGRA; BadImageError else.
+
+    Above ``max_pixels`` (None: no limit) ImageTooLargeError is raised from the header, before the file is read.
+    """
+    if os.path.isfile(path):
+        _check_header(path, path, max_pixels)  # before a possibly huge file is read
+    content = read_file(path)
     if os.path.splitext(path)[1].lower() in ('.jpg', '.jpeg'):
-        _check_jpeg_complete(path)
+        _check_jpeg_complete(path)  # before OpenCV decodes: the two decoded copies never coexist
+    raw = _decode_raw(content, path, max_pixels)
+    del content
     raw = _apply_orientation(raw, _exif_orientation(path))
     if raw.ndim == 2:  # cv2 drops a size-1 channel axis when it turns an image
         raw = raw[..., None]
@@ -182,8 +257,9 @@ def read_image(path):
 def to_integer(img, bit_depth=8, rounding='round'):
     """Float [0, 1] -> uint8/uint16. 'round' is BasicSR's tensor2img; 'trunc' is PReNet's official uint8(255*x)."""
     peak = 255. if bit_depth == 8 else 65535.
-    scaled = np.clip(img, 0, 1) * peak
-    scaled = np.floor(scaled) if rounding == 'trunc' else np.round(scaled)
+    scaled = np.clip(img, 0, 1)  # the one full-size temporary; the rest works in place
+    scaled *= peak
+    (np.floor if rounding == 'trunc' else np.round)(scaled, out=scaled)
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 

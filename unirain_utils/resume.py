@@ -129,6 +129,7 @@ def load_resume_state(opt):
     from basicsr.utils import check_resume
 
     resume_state_path = resume_state = None
+    _pending_warnings.clear()
     if opt['auto_resume']:
         folder = opt['path'].get('training_states') or os.path.join('experiments', opt['name'], 'training_states')
         if os.path.isdir(folder):

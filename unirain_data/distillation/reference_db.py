@@ -13,13 +13,17 @@ as a folder and reloaded without recomputing anything:
     text.index        faiss index over text_emb (L2)
     image.index       faiss index over image_emb (inner product = cosine)
 
-The folder is written under a temporary name and renamed when complete: never half-written.
+The folder is built in ``.<name>.building`` beside it and renamed when complete: never half-written. A build
+that is stopped or killed keeps its progress there (captions, image embeddings and thumbnails of every finished
+batch) and the next build of the same database continues from it, as long as the references and the models are
+the same; otherwise the partial build is discarded and the build starts afresh. One build per database at a
+time (``unirain_utils.run_lock`` on the database folder).
 """
 import datetime
+import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -27,11 +31,15 @@ from unirain_data.distillation import faiss_index
 from unirain_data.distillation.images import load_images
 from unirain_data.distillation.progress import StageBars
 from unirain_data.manifest import ManifestError, iter_manifest, natural_key, resolve_path
+from unirain_utils import run_lock
+from unirain_utils.files import atomic_write
 from unirain_utils.image_io import IMAGE_EXTENSIONS, is_image_file
 
 FORMAT = 1
 FILES = ('meta.json', 'references.jsonl', 'captions.json', 'text_emb.npy', 'image_emb.npy', 'thumbs.npy',
          'text.index', 'image.index')
+# the bookkeeping of a build in progress, removed once the database is complete
+_PLAN, _DONE, _CAPTIONS = 'build_plan.json', 'build_done.json', 'build_captions.jsonl'
 
 
 class ReferenceDBError(ValueError):
@@ -81,53 +89,114 @@ def _group_members(caption_of, num_captions):
     return members, offsets
 
 
-def build_reference_db(records, db_dir, captioner, embedder, cfg, overwrite=False, workers=4, progress=True):
-    """Caption, embed and index ``records``; save to ``db_dir``. Returns the loaded ReferenceDB."""
+def work_dir_of(db_dir):
+    """Where the database is built (and a stopped build waits to be continued): hidden, beside it."""
+    parent, name = os.path.split(os.path.abspath(db_dir))
+    return os.path.join(parent, f'.{name}.building')
+
+
+def build_reference_db(records, db_dir, captioner, embedder, cfg, overwrite=False, workers=4, progress=True,
+                       log=None):
+    """Caption, embed and index ``records``; save to ``db_dir``. Returns the loaded ReferenceDB.
+
+    A build stopped earlier with the same records and models continues where it stopped; ``log`` (e.g. print)
+    is told so.
+    """
     if os.path.exists(db_dir) and not overwrite:
         raise FileExistsError(f'reference database {db_dir} exists; pass --overwrite to rebuild it')
-    parent = os.path.dirname(os.path.abspath(db_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix='.refdb-')
+    run_lock.acquire(db_dir)
     try:
-        _build_into(tmp, records, captioner, embedder, cfg, workers, progress)
+        work = work_dir_of(db_dir)
+        _build_into(work, records, captioner, embedder, cfg, workers, progress, log or (lambda message: None))
+        old = work[:-len('.building')] + '.old'
+        shutil.rmtree(old, ignore_errors=True)  # left by a build killed between the two renames below
         if os.path.exists(db_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix='.refdb-old-')
-            os.replace(db_dir, os.path.join(old, 'db'))
-            os.replace(tmp, db_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, db_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.replace(db_dir, old)
+        os.replace(work, db_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        for name in (_PLAN, _DONE, _CAPTIONS):
+            os.remove(os.path.join(db_dir, name))
+    finally:
+        run_lock.release()
     return ReferenceDB.load(db_dir, cfg)
 
 
-def _build_into(folder, records, captioner, embedder, cfg, workers, progress):
+def _plan(records, embedder, cfg):
+    """What a partial build must have been started with to be continued."""
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode('utf-8')).hexdigest()
+    return {'format': FORMAT, 'records_sha256': digest, 'count': len(records), 'dim': embedder.dim,
+            'signature': model_signature(cfg)}
+
+
+def _resume_point(folder, plan, log):
+    """(references done, caption bytes to keep) of a partial build in ``folder`` made with ``plan``; else (0, 0)
+    after removing whatever is there."""
+    try:
+        with open(os.path.join(folder, _PLAN), encoding='utf-8') as f:
+            same = json.load(f) == plan
+        with open(os.path.join(folder, _DONE), encoding='utf-8') as f:
+            done = json.load(f)
+        for name in ('image_emb.npy', 'thumbs.npy', _CAPTIONS):
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise ValueError(f'{name} is missing')
+        if same:
+            log(f'continuing the stopped build in {folder}: {done["done"]} of {plan["count"]} references done')
+            return done['done'], done['captions_bytes']
+        log(f'discarding the stopped build in {folder}: made for other references or models')
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as exc:
+        log(f'discarding the stopped build in {folder}: its bookkeeping is damaged ({exc})')
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0, 0
+
+
+def _build_into(folder, records, captioner, embedder, cfg, workers, progress, log):
     num, size = len(records), cfg['retrieval']['ssim_size']
     batch = cfg['references']['batch_size']
-    image_emb = np.lib.format.open_memmap(os.path.join(folder, 'image_emb.npy'), 'w+', np.float32, (num, embedder.dim))
-    thumbs = np.lib.format.open_memmap(os.path.join(folder, 'thumbs.npy'), 'w+', np.uint8, (num, size, size))
+    plan = _plan(records, embedder, cfg)
+    done, caption_bytes = _resume_point(folder, plan, log)
+    emb_path, thumbs_path = os.path.join(folder, 'image_emb.npy'), os.path.join(folder, 'thumbs.npy')
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        np.lib.format.open_memmap(emb_path, 'w+', np.float32, (num, embedder.dim)).flush()
+        np.lib.format.open_memmap(thumbs_path, 'w+', np.uint8, (num, size, size)).flush()
+        atomic_write(os.path.join(folder, _PLAN), json.dumps(plan))
+    image_emb, thumbs = np.load(emb_path, mmap_mode='r+'), np.load(thumbs_path, mmap_mode='r+')
     caption_ids, captions, caption_of = {}, [], np.zeros(num, np.int64)
-    bars = StageBars(['load', 'caption', 'embed image'], num, 'ref', enabled=progress)
-    for start in range(0, num, batch):
-        paths = [r['path'] for r in records[start:start + batch]]
-        with bars.stage('load', len(paths)):
-            images = load_images(paths, cfg['pipeline']['max_side'], size, workers)
-        with bars.stage('caption', len(paths)):
-            texts = captioner([im.rgb for im in images])
-        with bars.stage('embed image', len(paths)):
-            image_emb[start:start + len(paths)] = embedder.images([im.rgb for im in images])
-        thumbs[start:start + len(paths)] = np.stack([im.thumb for im in images])
+
+    def add_captions(start, texts):
         for offset, text in enumerate(texts):
             caption_of[start + offset] = caption_ids.setdefault(text, len(captions))
             if caption_of[start + offset] == len(captions):
                 captions.append(text)
-    bars.close()
+
+    with open(os.path.join(folder, _CAPTIONS), 'a+b') as caption_file:
+        caption_file.truncate(caption_bytes)  # lines written after the last completed batch are redone
+        caption_file.seek(0)
+        add_captions(0, [json.loads(line) for line in caption_file.read().splitlines()])
+        bars = StageBars(['load', 'caption', 'embed image'], num, 'ref', enabled=progress, initial=done)
+        for start in range(done, num, batch):
+            paths = [r['path'] for r in records[start:start + batch]]
+            with bars.stage('load', len(paths)):
+                images = load_images(paths, cfg['pipeline']['max_side'], size, workers)
+            with bars.stage('caption', len(paths)):
+                texts = captioner([im.rgb for im in images])
+            with bars.stage('embed image', len(paths)):
+                image_emb[start:start + len(paths)] = embedder.images([im.rgb for im in images])
+            thumbs[start:start + len(paths)] = np.stack([im.thumb for im in images])
+            add_captions(start, texts)
+            caption_file.write(''.join(json.dumps(t, ensure_ascii=False) + '\n' for t in texts).encode('utf-8'))
+            caption_file.flush()
+            os.fsync(caption_file.fileno())
+            image_emb.flush()
+            thumbs.flush()
+            # the batch counts as done only once its captions, embeddings and thumbnails are on disk
+            atomic_write(os.path.join(folder, _DONE), json.dumps({'done': start + len(paths),
+                                                                  'captions_bytes': caption_file.tell()}))
+        bars.close()
     text_emb = embedder.texts(captions)
     np.save(os.path.join(folder, 'text_emb.npy'), text_emb)
-    image_emb.flush()
-    thumbs.flush()
     index_cfg = cfg['index']
     text_index = faiss_index.build_index(text_emb, 'l2', index_cfg)
     image_index = faiss_index.build_index(np.asarray(image_emb), 'ip', index_cfg)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from unirain_data.distillation.images import read_bgr
-from unirain_utils.image_io import BadImageError
+from unirain_utils.image_io import BadImageError, write_image
 from unirain_data.manifest import iter_manifest, resolve_path
 from unirain_utils.rain_types import RAIN_TYPES
 
@@ -138,9 +138,7 @@ def draw_examples(samples, manifest, path):
         return 0
     gap = np.full((6, rows[0].shape[1], 3), 128, np.uint8)
     picture = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=0)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, picture):
-        raise OSError(f'could not write {path}')
+    write_image(path, picture)
     return len(rows)
 
 

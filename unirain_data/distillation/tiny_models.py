@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from unirain_utils.image_io import write_image
+from unirain_utils.rain_types import RAIN_TYPES
+
 QWEN_SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>',
                 '<|video_pad|>']
 CHAT_TEMPLATE = (
@@ -26,7 +29,6 @@ CHAT_TEMPLATE = (
 TINY_CLIP = {'embed_dim': 64,
              'vision_cfg': {'image_size': 64, 'layers': 2, 'width': 64, 'patch_size': 16, 'head_width': 32},
              'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 2}}
-TYPES = ['DRS', 'DRD', 'NRS', 'NRD']
 
 
 def build_clip(folder):
@@ -116,7 +118,7 @@ def build_qwen(folder, probe_images):
     hidden = []
     for i in range(8):
         images = [Image.open(p).convert('RGB') for p in probe_images[3 * i:3 * i + 3]]
-        inputs = judge._inputs(judge.messages(images[0], images[1:], build_prompt(DEFAULT_PROMPT, 2, TYPES[i % 4])))
+        inputs = judge._inputs(judge.messages(images[0], images[1:], build_prompt(DEFAULT_PROMPT, 2, RAIN_TYPES[i % 4])))
         with torch.no_grad():
             hidden.append(judge.model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1])
     common = torch.stack(hidden).mean(0)
@@ -161,11 +163,11 @@ def build_data(folder, num_references=24, num_candidates=24, size=48):
         for split in ('input', 'target'):
             os.makedirs(os.path.join(folder, role, split), exist_ok=True)
         for i in range(count):
-            rain_type = TYPES[i % 4]
+            rain_type = RAIN_TYPES[i % 4]
             clean, rainy = rain_image(rng, night=rain_type.startswith('N'), drops=rain_type.endswith('D'), size=size)
             name = f'{role}{i:02d}.png'
-            cv2.imwrite(os.path.join(folder, role, 'input', name), rainy)
-            cv2.imwrite(os.path.join(folder, role, 'target', name), clean)
+            write_image(os.path.join(folder, role, 'input', name), rainy)
+            write_image(os.path.join(folder, role, 'target', name), clean)
             entries.append({'lq': f'input/{name}', 'gt': f'target/{name}', 'type': rain_type,
                             'source': 'real-rain' if role == 'real' else f'synth-{"ab"[i % 2]}'})
         manifest = os.path.join(folder, role, 'manifest.jsonl')
