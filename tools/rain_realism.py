@@ -121,11 +121,16 @@ def fit_to(image, width, height):
 
 # --------------------------------------------------------------------------------------------- measuring
 
-def measure_real(section, rainy, clean):
+def measure_real(section, rainy, clean, name):
     if section == 'drops':
-        aligned, valid, _ = stats.align_pair(rainy, clean)
+        try:
+            aligned, valid, correlation = stats.align_pair(rainy, clean)
+        except ValueError as exc:  # e.g. a pair that is already aligned and covered in drops
+            print(f'  {name}: {exc}; measured as it is')
+            aligned, valid, correlation = clean, None, None
         result = stats.drop_statistics(rainy, aligned, valid)
-        result['coverage_raw'] = stats.coverage_raw(rainy, clean)  # the plain measure: before alignment
+        result['coverage_raw'] = stats.coverage_raw(rainy, clean)  # the plain measure, before alignment
+        result['alignment_correlation'] = correlation
         return result
     if section == 'streaks':
         return stats.streak_statistics(rainy, clean)
@@ -156,7 +161,7 @@ def run_section(section, real_dir, args, samples_dir):
         rainy, clean = imread_bgr(rainy_path), imread_bgr(clean_path)
         if rainy.shape != clean.shape:
             raise ValueError(f'{rainy_path} and {clean_path} differ in size: {rainy.shape} vs {clean.shape}')
-        real.append({'image': stem, **measure_real(section, rainy, clean)})
+        real.append({'image': stem, **measure_real(section, rainy, clean, rainy_path)})
         if len(shown) < SHEET_ROWS:
             shown.append({'real': rainy_path, 'stem': stem})
     if section == 'night':

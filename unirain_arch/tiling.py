@@ -87,4 +87,4 @@ def tiled_forward(net, x, tile_size, tile_overlap=DEFAULT_OVERLAP, progress=Fals
             out = result.new_zeros((result.shape[0], result.shape[1], h, w))
         out[..., y0:y0 + th, x0:x0 + tw] += result * weight
         total[..., y0:y0 + th, x0:x0 + tw] += weight
-    return out / total.to(out.dtype)
+    return out.div_(total.to(out.dtype))  # in place: no third full-size array
