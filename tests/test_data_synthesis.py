@@ -11,6 +11,7 @@ from unirain_data.manifest import read_manifest, resolve_path
 from unirain_data.night import NightConfig, render_night
 from unirain_data.rain_streaks import StreakConfig, composite_streaks, render_streaks
 from unirain_data.rain_synthesis import DEFAULT_CONFIGS, synthesize, synthesize_pair
+from unirain_data.rain_statistics import drop_statistics, lamp_cores, sky_mask
 from unirain_data.raindrops import DropConfig
 
 TYPES = ('DRS', 'DRD', 'NRS', 'NRD')
@@ -141,6 +142,42 @@ def test_drops_show_the_scene_upside_down():
     slope = np.gradient(luminance(rainy), axis=0)
     assert slope[inside].mean() < 0 < slope[~inside].mean()
 
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_drops_haze_and_brighten_the_scene_and_let_part_of_it_through(seed):
+    """Real drops on glass (tools/rain_realism.py): translucent, brighter than the scene, many of them small."""
+    clean = textured(256, seed)
+    rainy, _ = synthesize_pair(clean, 'DRD', seed)
+    drops = drop_statistics(rainy, clean)
+    assert 0.2 < drops['coverage'] < 0.5  # a quarter to a half of the frame, as on the real pairs
+    assert drops['brightness'] > 10  # on average a drop brightens what lies behind it (1/255)
+    assert 0.1 < drops['detail_ratio'] < 0.6  # the scene shows through, softened: neither sharp nor wiped out
+    assert drops['radius_p50'] < 8  # small drops outnumber large ones
+
+
+def test_scattered_light_only_brightens():
+    """Drops that replace nothing of the scene (opacity 0) only add the light they scatter: never darker, and
+    unchanged away from the drops."""
+    clean = textured(128)
+    config = dataclasses.replace(DEFAULT_CONFIGS['DRD'], drops=DropConfig(opacity=(0.0, 0.0), coverage=(0.2, 0.2)))
+    rainy, _ = synthesize_pair(clean, 'DRD', 4, config)
+    lift = rainy - clean
+    assert lift.min() > -1e-6 and lift.max() > 0.1
+    assert (np.abs(lift).max(-1) < 1e-6).mean() > 0.3
+
+
+def test_night_lamps_stand_on_the_scene_not_in_the_sky():
+    """A day photo with a bright sky over a textured street: across many nights no lamp core is in the sky."""
+    day = textured(160, 3)
+    day[:60] = (0.92, 0.8, 0.65)  # BGR: light blue sky
+    sky = sky_mask(day)
+    assert sky[:48].all()
+    config = NightConfig(lights_per_area=(6.0, 6.0), max_mean_light=0.2)  # many lamps: some fall in the frame
+    cores = [lamp_cores(render_night(day, config, np.random.default_rng(seed)).image) for seed in range(6)]
+    cores = np.concatenate(cores)
+    assert len(cores) >= 5
+    assert not sky[cores[:, 1].astype(int), cores[:, 0].astype(int)].any()
 
 @pytest.mark.parametrize('rain_type', ['NRS', 'NRD'])
 def test_night_is_dark_and_its_target_has_no_rain(rain_type):

@@ -190,7 +190,7 @@ def test_tool_writes_table_json_and_sheets_and_compares_with_an_earlier_run(tmp_
     assert old['summary'] == report['summary']
     table = (tmp_path / 'new' / 'realism.md').read_text()
     assert '| statistic | real (3 pairs) | DRD before | DRD synthetic | inside real range |' in table
-    assert 'lamps in the sky of the day photo' in table
+    assert 'noise sigma of the input (1/255)' in table
     for section in ('drops', 'streaks', 'night'):
         sheet = imread_bgr(str(tmp_path / 'new' / f'sheet_{section}.jpg'))
         assert sheet.shape[1] >= 3 * 480  # real | before | after

@@ -160,6 +160,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_project()
+    import torch
+    if torch.cuda.is_initialized():  # a forked child cannot use a CUDA its parent started
+        raise SystemExit('gpu_check: CUDA was started while importing the project; the stages could not use it')
     with open(out / 'gpu_check.log', 'a', encoding='utf-8') as log:
         for key in args.stages:
             result = run_stage(key, args, budgets[key], log)

@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from unirain_arch.padding import PadToMultiple
+from unirain_utils.checkpoints import CheckpointError, load_checkpoint
 
 # Archs registered by BasicSR that only accept sizes divisible by a window and do not pad themselves.
 _SIZE_MULTIPLE = {'SwinIR': lambda opt: int(opt.get('window_size', 7))}
@@ -34,11 +35,14 @@ class InferenceError(RuntimeError):
 
 
 def _read_structured(path):
-    from unirain_utils.options import load_options
-    if str(path).lower().endswith('.json'):
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    return load_options(path)
+    from unirain_utils.options import OptionError, load_options
+    try:
+        if str(path).lower().endswith('.json'):
+            with open(path, encoding='utf-8') as f:
+                return json.load(f)
+        return load_options(path)
+    except (OptionError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InferenceError(f'network options {path}: {exc}') from exc
 
 
 def resolve_network(network):
@@ -80,9 +84,9 @@ def load_state_dict(checkpoint, param_key='auto'):
     if not os.path.isfile(checkpoint):
         raise InferenceError(f'checkpoint not found: {checkpoint}')
     try:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises several types for a non-checkpoint file
-        raise InferenceError(f'cannot load checkpoint {checkpoint}: {type(exc).__name__}: {exc}') from exc
+        state = load_checkpoint(checkpoint, map_location='cpu')
+    except CheckpointError as exc:
+        raise InferenceError(f'cannot load checkpoint {exc}') from exc
     if not isinstance(state, dict):
         raise InferenceError(f'checkpoint {checkpoint}: expected a dict of tensors, got {type(state).__name__}')
     if param_key == 'auto':

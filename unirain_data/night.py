@@ -88,13 +88,18 @@ def smooth_blur(image, sigma):
     return cv2.resize(small, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _below_the_sky(lx, ly, sky):
-    """A lamp drawn inside the frame over the sky moves down its column to the first pixel of the scene."""
+def _below_the_sky(lx, ly, radius, sky):
+    """The height of a lamp whose core (``radius``) would show over the sky: moved down its column until the
+    whole core sits on the scene, or out of the frame where the column is all sky. Other lamps stay."""
     height, width = sky.shape
-    if not (0 <= lx < width and 0 <= ly < height) or not sky[int(ly), int(lx)]:
+    seen = 4 * radius  # _add_core draws this far
+    if not (-seen <= lx < width + seen and -seen <= ly < height + seen):
         return ly
-    rows = np.flatnonzero(~sky[int(ly):, int(lx)])
-    return float(int(ly) + rows[0]) if len(rows) else float(height)  # all sky below: the lamp leaves the frame
+    column, row = int(np.clip(lx, 0, width - 1)), int(np.clip(ly, 0, height - 1))
+    if not sky[row, column]:
+        return ly
+    rows = np.flatnonzero(~sky[row:, column])
+    return float(row + rows[0] + radius) if len(rows) else float(height + seen)
 
 
 def render_night(clean, config, rng):
@@ -111,11 +116,12 @@ def render_night(clean, config, rng):
     for _ in range(max(1, rng.poisson(rng.uniform(*cfg.lights_per_area) * area / 256 ** 2))):
         colour = np.asarray(LAMP_COLOURS[lamp_choices[int(rng.integers(len(lamp_choices)))]], np.float32)
         lx, ly = rng.uniform(-margin, width + margin), rng.uniform(-margin, height + margin)
-        ly = _below_the_sky(lx, ly, sky)
-        reach = rng.uniform(*cfg.light_reach)
+        reach, strength, radius = (rng.uniform(*cfg.light_reach), rng.uniform(*cfg.light_strength),
+                                   rng.uniform(*cfg.lamp_radius))
+        ly = _below_the_sky(lx, ly, radius, sky)
         pool = _gaussian_pool(height, width, lx, ly + 0.5 * reach, reach)  # lamps hang above what they light
-        lamps += rng.uniform(*cfg.light_strength) * pool[..., None] * colour
-        _add_core(emitted, lx, ly, rng.uniform(*cfg.lamp_radius), 6.0 * colour)
+        lamps += strength * pool[..., None] * colour
+        _add_core(emitted, lx, ly, radius, 6.0 * colour)
     # many lamps would light the scene like day, so they are dimmed together
     lamps = lamps * min(1.0, cfg.max_mean_light / max(float(lamps.mean()), 1e-6))
     ambient = rng.uniform(*cfg.ambient) * np.asarray(ambient_colour, np.float32)

@@ -27,7 +27,9 @@ def luminance(image):
 
 
 def psnr(rainy, clean, valid=None):
-    """PSNR (dB) of ``rainy`` against ``clean`` (peak 1), over the pixels of ``valid`` when given."""
+    """PSNR (dB) of ``rainy`` against ``clean`` (peak 1), over the pixels of ``valid`` when given (nan if none)."""
+    if valid is not None and not valid.any():
+        return float('nan')
     error = (np.asarray(rainy, np.float64) - np.asarray(clean, np.float64)) ** 2
     mse = error[valid].mean() if valid is not None else error.mean()
     return float(10 * np.log10(1 / max(mse, 1e-12)))
