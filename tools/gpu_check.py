@@ -384,19 +384,25 @@ def check_host_syncs(stage):
     net = UniRain(preset='paper').to(stage.device).eval()
     hard = [m for m in net.modules() if isinstance(m, HardMoE)]
     x = torch.rand(2, 3, 64, 64, device=stage.device)
-    with torch.no_grad():
-        net(x)  # warm-up: kernels and allocator
-        stage.sync()
+
+    def count_syncs(fn):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
             torch.cuda.set_sync_debug_mode('warn')
             try:
-                net(x)
+                fn()
             finally:
                 torch.cuda.set_sync_debug_mode('default')
-    syncs = sum('synchroniz' in str(w.message).lower() for w in caught)
-    return {'pass': syncs <= len(hard), 'preset': 'paper', 'syncs_per_forward': syncs,
-            'hard_moe_layers': len(hard), 'nonzero_calls_of_the_former_dispatch': len(hard) * hard[0].num_experts}
+        return sum('synchroniz' in str(w.message).lower() for w in caught)
+
+    with torch.no_grad():
+        net(x)  # warm-up: kernels and allocator
+        stage.sync()
+        control = count_syncs(lambda: [x.sum().item() for _ in range(3)])  # the counter sees every sync
+        syncs = count_syncs(lambda: net(x))
+    return {'pass': control == 3 and syncs <= len(hard), 'preset': 'paper', 'syncs_per_forward': syncs,
+            'hard_moe_layers': len(hard), 'nonzero_calls_of_the_former_dispatch': len(hard) * hard[0].num_experts,
+            'control_three_item_calls_counted': control}
 
 
 def check_amp_step(stage, preset, amp):
