@@ -205,6 +205,13 @@ def _fmt(fmt, value):
     return '—' if value is None else fmt.format(value)
 
 
+def _spread(fmt, values):
+    """'median [min – max]' of a summary, or '—'."""
+    if values is None:
+        return '—'
+    return f'{_fmt(fmt, values["median"])} [{_fmt(fmt, values["min"])} – {_fmt(fmt, values["max"])}]'
+
+
 def section_table(section, result, before):
     """Markdown rows: statistic | real | (before) | synthetic | median inside the real range."""
     _, _, rain_types, what = SECTIONS[section]
@@ -226,10 +233,8 @@ def section_table(section, result, before):
             cells = [label, '—' if real is None else f'{_fmt(fmt, real["min"])} – {_fmt(fmt, real["max"])}']
             if before is not None:
                 old = (before.get('sections', {}).get(section, {}).get('synthetic', {}).get(rain_type))
-                old = summary(r.get(key) for r in old) if old else None
-                cells.append('—' if old is None else _fmt(fmt, old['median']))
-            cells.append('—' if ours is None else
-                         f'{_fmt(fmt, ours["median"])} [{_fmt(fmt, ours["min"])} – {_fmt(fmt, ours["max"])}]')
+                cells.append(_spread(fmt, summary(r.get(key) for r in old) if old else None))
+            cells.append(_spread(fmt, ours))
             inside = (real is not None and ours is not None
                       and real['min'] <= ours['median'] <= real['max'])
             cells.append('—' if real is None or ours is None else ('yes' if inside else 'no'))
