@@ -39,11 +39,11 @@ SHEET_WIDTH = 480     # width of one image in a contact sheet (pixels)
 SHEET_ROWS = 4        # examples per contact sheet
 LABEL_HEIGHT = 28
 
-# section -> (real-pairs argument, statistics, synthetic types, what the rows mean)
+# section -> (real-pairs argument, synthetic types, what the rows mean)
 SECTIONS = {
-    'drops': ('drop_pairs', 'drop', ('DRD', 'NRD'), 'raindrops on glass'),
-    'streaks': ('streak_pairs', 'streak', ('DRS',), 'daytime rain streaks'),
-    'night': ('night_pairs', 'night', ('NRS', 'NRD'), 'night rain'),
+    'drops': ('drop_pairs', ('DRD', 'NRD'), 'raindrops on glass'),
+    'streaks': ('streak_pairs', ('DRS',), 'daytime rain streaks'),
+    'night': ('night_pairs', ('NRS', 'NRD'), 'night rain'),
 }
 # statistics shown in the table, per section: key -> (label, format)
 COLUMNS = {
@@ -137,7 +137,7 @@ def measure_real(section, rainy, clean, name):
     return stats.night_statistics(rainy, clean)
 
 
-def measure_synthetic(section, rain_type, rainy, target, day):
+def measure_synthetic(section, rainy, target, day):
     if section == 'drops':
         return stats.drop_statistics(rainy, target)
     if section == 'streaks':
@@ -152,7 +152,7 @@ def measure_synthetic(section, rain_type, rainy, target, day):
 
 def run_section(section, real_dir, args, samples_dir):
     """Real and synthetic statistics of one section, and the images its contact sheet shows."""
-    _, _, rain_types, _ = SECTIONS[section]
+    _, rain_types, _ = SECTIONS[section]
     pairs = image_pairs(real_dir)
     if section == 'streaks' and args.streak_count:
         pairs = pairs[:args.streak_count]
@@ -179,7 +179,7 @@ def run_section(section, real_dir, args, samples_dir):
             for variant in range(args.variants):
                 seed = args.seed + 1000 * index + variant
                 rainy, target = synthesize_pair(day, rain_type, seed)
-                rows.append({'image': stem, 'seed': seed, **measure_synthetic(section, rain_type, rainy, target, day)})
+                rows.append({'image': stem, 'seed': seed, **measure_synthetic(section, rainy, target, day)})
                 if variant == 0 and index < SHEET_ROWS and rain_type == rain_types[0]:
                     name = f'{section}_{index}_{rain_type.lower()}.jpg'
                     small = cv2.resize(rainy, (SHEET_WIDTH, round(rainy.shape[0] * SHEET_WIDTH / rainy.shape[1])),
@@ -214,7 +214,7 @@ def _spread(fmt, values):
 
 def section_table(section, result, before):
     """Markdown rows: statistic | real | (before) | synthetic | median inside the real range."""
-    _, _, rain_types, what = SECTIONS[section]
+    _, rain_types, what = SECTIONS[section]
     lines = []
     for rain_type in rain_types:
         header = ['statistic', f'real ({len(result["real"])} pairs)']
@@ -266,7 +266,7 @@ def _labelled(image, label, width=SHEET_WIDTH):
 
 
 def contact_sheet(rows):
-    """``rows`` of [(float image, label)] -> one uint8 image, rows stacked, tiles of one width; rows padded to one height."""
+    """``rows`` of [(float image, label)] -> one uint8 image: tiles of one width, rows padded to one height."""
     built = []
     for row in rows:
         tiles = [_labelled(image, label) for image, label in row]
@@ -279,7 +279,7 @@ def contact_sheet(rows):
 
 
 def section_sheet(section, result, out, before_dir):
-    rain_type = SECTIONS[section][2][0]
+    rain_type = SECTIONS[section][1][0]
     before_shown = {}
     if before_dir is not None:
         old = json.loads((before_dir / 'realism.json').read_text())['sections'].get(section, {})
@@ -305,7 +305,7 @@ def measure(args):
     before_dir = Path(args.before) if args.before else None
     before = json.loads((before_dir / 'realism.json').read_text()) if before_dir else None
     sections = {}
-    for section, (arg, _, _, _) in SECTIONS.items():
+    for section, (arg, _, _) in SECTIONS.items():
         folder = getattr(args, arg)
         if folder:
             print(f'{section}: measuring {folder}', flush=True)

@@ -3,8 +3,8 @@
 The scene is relit in linear light: a dim ambient (sky glow / moonlight) plus pools of light from a few
 street lamps, some visible as small saturated cores that bloom. A lamp stands on the scene: one drawn over the
 sky of the day photo moves down to the skyline, so none floats in the sky. Noise is a separate step because it
-is a degradation of the rainy input, not part of the clean night target.
-Sizes are in pixels (see rain_streaks.py).
+is a degradation of the rainy input, not part of the clean night target. Sizes are in pixels (see
+rain_streaks.py). Calibrated against real night rain with tools/rain_realism.py (docs/realism.md).
 """
 from dataclasses import dataclass
 
@@ -31,7 +31,7 @@ CASTS = {
 @dataclass(frozen=True)
 class NightConfig:
     """Ranges ``(low, high)`` one night scene's parameters are drawn from."""
-    ambient: tuple = (0.004, 0.015)       # sky glow / moonlight illuminance, linear (1 = daylight)
+    ambient: tuple = (0.004, 0.015)      # sky glow / moonlight illuminance, linear (1 = daylight)
     lights_per_area: tuple = (1.5, 4.0)  # street lights per 256 x 256 pixels in and around the frame (>= 1)
     light_reach: tuple = (30.0, 110.0)   # Gaussian sigma of a lamp's pool of light, pixels
     light_strength: tuple = (0.2, 0.7)   # peak illuminance of a pool, linear

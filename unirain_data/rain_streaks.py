@@ -13,7 +13,7 @@ import numpy as np
 class StreakConfig:
     """Ranges ``(low, high)`` one rain scene's streak parameters are drawn from."""
     layers: tuple = (2, 4)            # depth layers: far ones short, thin, dim and dense; near ones long and bright
-    density: tuple = (0.0006, 0.004)   # fraction of pixels that start a streak, in the farthest layer
+    density: tuple = (0.0006, 0.004)  # fraction of pixels that start a streak, in the farthest layer
     length: tuple = (14.0, 45.0)      # streak length of the nearest layer
     angle: tuple = (-25.0, 25.0)      # fall direction, degrees from vertical (positive leans right going down)
     angle_jitter: float = 1.0         # standard deviation (degrees) of each layer's angle around the global one

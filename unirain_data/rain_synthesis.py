@@ -35,7 +35,8 @@ class RainTypeConfig:
 DEFAULT_CONFIGS = {
     'DRS': RainTypeConfig(streaks=StreakConfig()),
     'DRD': RainTypeConfig(drops=DropConfig()),
-    # streaks lit by lamps stand out more than daylight ones, so they are fainter in themselves
+    # streaks lit by lamps stand out more than daylight ones, so they are fainter in themselves; sparser and wider,
+    # as in real night rain (tools/rain_realism.py)
     'NRS': RainTypeConfig(streaks=StreakConfig(density=(0.00015, 0.0012), width=(2.0, 3.2), intensity=(0.45, 0.85)),
                           night=NightConfig()),
     # drops on a dark scene show little but their highlights and the lamps they refract and scatter

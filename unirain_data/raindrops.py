@@ -24,14 +24,14 @@ class DropConfig:
     radius: tuple = (2.0, 16.0)         # drop radii; drawn log-uniform so small drops far outnumber large ones
     aspect: tuple = (0.6, 1.0)          # minor / major axis of a drop
     irregularity: tuple = (0.03, 0.2)   # amplitude of the boundary wobble, fraction of the radius
-    opacity: tuple = (0.2, 0.6)          # per drop: how much of the scene behind it is replaced (1 - transmission)
+    opacity: tuple = (0.2, 0.6)         # per drop: how much of the scene behind it is replaced (1 - transmission)
     zoom: tuple = (1.5, 3.0)            # how much wider than itself the field a drop refracts is
     content_blur: tuple = (2.0, 4.5)    # blur of the scene refracted through a drop, pixels
-    defocus: tuple = (0.5, 1.5)         # Gaussian sigma of the whole drop layer (edges and content), pixels
+    defocus: tuple = (0.5, 1.5)         # Gaussian sigma of the drop layer (edges, refraction, haze), pixels
     haze: tuple = (0.25, 0.6)           # per drop: diffuse light it scatters towards the camera (a veil)
     rim: tuple = (0.05, 0.3)            # darkening at the rim (light leaving the drop at grazing angles)
     highlight: tuple = (0.0, 0.35)      # specular highlight of the sky / lights on the drop
-    max_drops: int = 3000               # cap on the number of drops in one image
+    max_drops: int = 50000              # cap on the drops of one image (a 12 MP photo takes ~30,000)
 
 
 def _drop_radii(height, width, cfg, rng):
