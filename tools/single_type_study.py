@@ -122,7 +122,7 @@ def mean_psnr(pairs):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', 1)))
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 1))  # unset or empty: one thread
     inputs, targets = training_bank(args)
     val = validation_set(args)
     input_psnr = mean_psnr([(rainy, target) for _, rainy, target in val])
