@@ -1,7 +1,6 @@
 """train.amp (bf16 / fp16 mixed precision) and train.compile in UniRainModel, on CPU."""
 import collections
 import copy
-import logging
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import unirain_arch  # noqa: F401  (registers the archs)
 import unirain_losses  # noqa: F401  (registers the strategies and the model)
 from basicsr.models import build_model
 from basicsr.utils import get_root_logger
+from log_capture import captured
 from unirain_losses.mixed_precision import amp_dtype
 
 OPTIONS = {
@@ -131,17 +131,10 @@ def test_resume_with_amp_is_bit_exact(tmp_path, amp):
 
 def test_fp16_scaler_state_missing_from_an_old_state_is_reported(tmp_path):
     model = build(options(tmp_path, 'fp16'))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = get_root_logger()
-    logger.addHandler(handler)
-    try:
+    with captured(get_root_logger()) as records:
         model.resume_training({'optimizers': [model.optimizer_g.state_dict()],
                                'schedulers': [model.schedulers[0].state_dict()],
                                'reweighting': model.cri_pix.state_dict()})
-    finally:
-        logger.removeHandler(handler)
     assert any('gradient scaler' in r.getMessage() for r in records)
 
 
@@ -173,15 +166,8 @@ def test_compile_failure_warns_and_trains_eagerly(tmp_path, monkeypatch):
     run(eager, data)
     monkeypatch.setattr(torch, 'compile', broken_compile)
     model = build(options(tmp_path, compile=True))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = get_root_logger()
-    logger.addHandler(handler)
-    try:
+    with captured(get_root_logger()) as records:
         run(model, data)
-    finally:
-        logger.removeHandler(handler)
     warnings = [r.getMessage() for r in records if 'train.compile' in r.getMessage()]
     assert len(warnings) == 1 and 'no compiler for this platform' in warnings[0] and 'eagerly' in warnings[0]
     assert model.compiled_g is None

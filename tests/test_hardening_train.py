@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from log_capture import captured
 from unirain_utils import cpu_threads, files, options, resume, run_lock
 from unirain_utils.checkpoints import CheckpointError
 from unirain_utils.options import OptionError, load_options
@@ -297,12 +298,9 @@ def test_auto_resume_skips_damaged_states_newest_first(tmp_path, capsys):
     assert [w.split(':')[1].strip() for w in resume._pending_warnings] == [
         'skipping the training state of iter 10', 'skipping the training state of iter 8',
         'skipping the training state of iter 6']
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
     logger = logging.getLogger('test_hardening_resume')
-    logger.addHandler(handler)
-    resume.resuming_dataloaders(lambda opt, logger: (None, None, [], 1, 1))(opt, logger)
+    with captured(logger) as records:
+        resume.resuming_dataloaders(lambda opt, logger: (None, None, [], 1, 1))(opt, logger)
     assert len(records) == 3 and not resume._pending_warnings  # logged once basicsr's logger exists
 
 
@@ -423,16 +421,13 @@ def test_a_cpu_training_run_sets_and_logs_its_threads(tmp_path, monkeypatch):
                  'num_worker_per_gpu': 1, 'batch_size_per_gpu': 1}
     opt = {'num_gpu': 0, 'dist': False, 'rank': 0, 'world_size': 1, 'manual_seed': 0, 'datasets': {'train': train_set},
            'train': {'total_iter': 2}}
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
     logger = logging.getLogger('test_hardening_threads')
     logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        basicsr.train.create_train_val_dataloader(opt, logger)  # basicsr's, as compat patches it
+        with captured(logger) as records:
+            basicsr.train.create_train_val_dataloader(opt, logger)  # basicsr's, as compat patches it
         assert torch.get_num_threads() == 2  # 3 CPUs minus 1 loader worker
         assert any(r.getMessage().startswith('CPU threads: 2 (3 CPU(s) for this process minus 1 loader worker')
                    for r in records)

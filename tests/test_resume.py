@@ -1,6 +1,5 @@
 """Exact resume: a run stopped and resumed with --auto_resume ends with the same weights as an uninterrupted run."""
 import collections
-import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import yaml
 import unirain_losses  # noqa: F401  (registers the strategies and the model)
 from basicsr.models import build_model
 from basicsr.utils import get_root_logger
+from log_capture import captured
 
 TYPES = ('drs', 'drd', 'nrs', 'nrd')
 NAME = 'resume_check'
@@ -189,16 +189,9 @@ def test_tur_parameters_and_their_param_group_resume(tmp_path):
 def test_a_state_without_reweighting_is_reported(tmp_path):
     """A training state written by BasicSR's SRModel resumes the optimizers and says the strategy starts afresh."""
     model = build_model(yaml.safe_load(yaml.safe_dump(TUR_OPTIONS)))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = get_root_logger()
-    logger.addHandler(handler)
-    try:
+    with captured(get_root_logger()) as records:
         model.resume_training({'optimizers': [model.optimizer_g.state_dict()],
                                'schedulers': [model.schedulers[0].state_dict()]})
-    finally:
-        logger.removeHandler(handler)
     messages = [r.getMessage() for r in records]
     assert any('holds no reweighting state' in m and 'TURLoss starts afresh' in m for m in messages)
     assert any('no python/numpy RNG state' in m for m in messages)
