@@ -110,3 +110,25 @@ def test_summary_reports_average_over_types_and_the_worst_type():
     (row,) = ablation.summary_table(results)
     assert row['average'] == 26.0 and (row['worst_type'], row['worst']) == ('DRD', 22.0)
     assert '| a | 30.00 | 22.00 | 28.00 | 24.00 | 26.00 | 22.00 (DRD) |' in ablation.summary_markdown([row])
+
+
+def test_evaluation_scores_baselines_beside_the_configurations_and_can_write_the_readme(monkeypatch, tmp_path):
+    calls = []
+
+    def run(cmd, check):
+        calls.append(cmd)
+        (tmp_path / 'report').mkdir()
+        (tmp_path / 'report' / 'results.json').write_text('{"models": []}')
+
+    monkeypatch.setattr(ablation.subprocess, 'run', run)
+    options = {'unirain_coba': '/o/unirain_coba.yml', 'dense_coba': '/o/dense_coba.yml'}
+    results = ablation.evaluate(['unirain_coba', 'dense_coba'], options, str(tmp_path), '/data', 'cpu',
+                                ['PReNet-Rain100L=prenet.pth:PReNet'], 'README.md')
+    (cmd,) = calls
+    models = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == '--model']
+    assert models == [f'UniRain+CoBa={ablation.checkpoint("unirain_coba", str(tmp_path))}:/o/unirain_coba.yml',
+                      f'UniRainDense+CoBa={ablation.checkpoint("dense_coba", str(tmp_path))}:/o/dense_coba.yml',
+                      'PReNet-Rain100L=prenet.pth:PReNet']
+    assert cmd[cmd.index('--readme') + 1] == 'README.md' and cmd[cmd.index('--data') + 1] == '/data/test.jsonl'
+    assert results == {'models': []}
+    assert set(ablation.LABELS) == set(ablation.CONFIGS)

@@ -13,6 +13,9 @@ average and worst-type PSNR-RGB) and ``ablation.json`` (budget, training seconds
     python tools/run_ablation.py --data-root datasets --out ablation --threads 1        # CPU, ~25 min per config
     python tools/run_ablation.py --data-root datasets --out ablation_gpu --preset small --iters 20000 --num-gpu 1
 
+``--baseline NAME=SPEC`` scores other models on the same test split (e.g. PReNet's official weights) and
+``--readme README.md`` writes the README's results block from that one evaluation.
+
 Rerunning the same command resumes: finished configurations are not retrained, interrupted ones resume.
 """
 import argparse
@@ -41,6 +44,9 @@ CONFIGS = {
     'unirain_softdec_coba': ('UniRain', 'CoBaLoss', {'latent_mode': 'soft', 'decoder_mode': 'soft',
                                                       'refinement_mode': 'soft'}),
 }
+# how reports and the README name them
+LABELS = {'unirain_coba': 'UniRain+CoBa', 'unirain_uniform': 'UniRain+uniform', 'unirain_tur': 'UniRain+TUR',
+          'dense_coba': 'UniRainDense+CoBa', 'unirain_softdec_coba': 'UniRain-softdec+CoBa'}
 # the ablation of the paper's claims; unirain_tur (the other reweighting strategy) runs when asked for
 DEFAULT_CONFIGS = ('unirain_coba', 'unirain_uniform', 'dense_coba', 'unirain_softdec_coba')
 # Rain100L training pairs 1..200: DRS train / val / test; Kodak24: images per split for the synthetic types.
@@ -131,13 +137,18 @@ def train(name, opt, out, threads=None):
     return path, time.time() - start
 
 
-def evaluate(names, options, out, data, device):
+def evaluate(names, options, out, data, device, baselines=(), readme=None):
+    """compare.py on the test split: the trained configurations, then ``baselines`` (NAME=SPEC, compare.py's grammar)."""
     report_dir = osp.join(out, 'report')
     cmd = [sys.executable, osp.join(ROOT, 'tools', 'compare.py'), '--data', osp.join(data, 'test.jsonl'),
            '--out', report_dir, '--device', device]
     for name in names:
-        cmd += ['--model', f'{name}={checkpoint(name, out)}:{options[name]}']
-    subprocess.run(cmd, cwd=out, check=True)
+        cmd += ['--model', f'{LABELS[name]}={checkpoint(name, out)}:{options[name]}']
+    for baseline in baselines:
+        cmd += ['--model', baseline]
+    if readme:
+        cmd += ['--readme', readme]
+    subprocess.run(cmd, check=True)  # from the caller's folder, where relative baseline and README paths point
     with open(osp.join(report_dir, 'results.json')) as f:
         return json.load(f)
 
@@ -185,6 +196,12 @@ def parse_args(argv=None):
     parser.add_argument('--num-gpu', type=int, default=0, help='0 for CPU, 1 for one GPU')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads per training run (OMP_NUM_THREADS)')
     parser.add_argument('--seed', type=int, default=0, help='seed of initialisation, crops and router noise')
+    parser.add_argument('--baseline', action='append', default=[], metavar='NAME=SPEC',
+                        help='a model scored beside the configurations on the same test split, in compare.py\'s '
+                             'NAME=SPEC form, e.g. PReNet-Rain100L=experiments/pretrained_models/PReNet/Rain100L.pth:PReNet '
+                             '(repeat)')
+    parser.add_argument('--readme', default=None,
+                        help='also write the results block of this README (compare.py --readme)')
     parser.add_argument('--data-seed', type=int, default=0,
                         help='seed of the synthetic DRD/NRS/NRD rain; keep it fixed across --seed runs so that '
                              'they train and test on the same set (an existing OUT/data is reused as it is)')
@@ -204,7 +221,7 @@ def main(argv=None):
         arch, strategy, overrides = CONFIGS[name]
         options[name], seconds[name] = train(name, option_file(name, arch, strategy, overrides, args, data), out,
                                                args.threads)
-    results = evaluate(names, options, out, data, 'cuda' if args.num_gpu else 'cpu')
+    results = evaluate(names, options, out, data, 'cuda' if args.num_gpu else 'cpu', args.baseline, args.readme)
     table = summary_table(results)
     summary = {'budget': vars(args), 'train_seconds': seconds, 'table': table, 'results': results}
     with open(osp.join(out, 'ablation.json'), 'w') as f:
